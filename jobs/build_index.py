@@ -1,0 +1,30 @@
+"""BUILD: documents -> passages -> embeddings (Ray Data actor pool) -> FAISS index directory.
+
+    python jobs/build_index.py                                  # the bundled demo knowledge base
+    python jobs/build_index.py --knowledge_base.documents kb.jsonl --index.directory runs/kb/index \
+        --index.factory HNSW32 --index.shards 2 --index.embed_concurrency 4
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
+
+from pipeline.config import parse_config  # noqa: E402
+from pipeline.demo_defaults import fill_demo_defaults  # noqa: E402
+from pipeline.errors import run_job  # noqa: E402
+from pipeline.index.build import build_index  # noqa: E402
+from pipeline.ray_session import connect_ray  # noqa: E402
+
+
+def main(argv=None) -> int:
+    config, _ = parse_config(argv, __doc__, sections=("knowledge_base", "index"))
+    if not config.knowledge_base.documents:
+        fill_demo_defaults(config)
+    connect_ray()
+    build_index(config.knowledge_base, config.index)
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main)

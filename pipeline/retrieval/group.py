@@ -1,0 +1,141 @@
+"""The retrieval group: S shards x R replicas of `RetrievalActor`, each a named, detached Ray actor.
+
+Actors are named `{group}.shard{s}.replica{r}` in one namespace, so any process
+of the cluster (driver, Train worker, Tune trial, a later job) finds them by
+name, and they outlive the job that started them until `stop_retrieval_group`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import ray
+
+from pipeline.config import RetrievalConfig
+from pipeline.errors import RetrievalError, unwrap_pipeline_error
+from pipeline.index.manifest import read_manifest
+from pipeline.retrieval.shard import ShardSearcher
+
+_NAME = re.compile(r"^(?P<group>.+)\.shard(?P<shard>\d+)\.replica(?P<replica>\d+)$")
+
+
+def actor_name(group: str, shard: int, replica: int) -> str:
+    return f"{group}.shard{shard}.replica{replica}"
+
+
+@ray.remote
+class RetrievalActor:
+    """Serves one shard of an index directory. Restarted by Ray if its process dies (max_restarts)."""
+
+    def __init__(self, index_dir: str, shard: int, replica: int, faiss_threads: int):
+        started = time.perf_counter()
+        self.searcher = ShardSearcher(index_dir, shard, faiss_threads)
+        self.replica = replica
+        self.calls = 0
+        self.load_s = time.perf_counter() - started
+
+    def search(self, queries, k: int):
+        self.calls += 1
+        return self.searcher.search(queries, k)
+
+    def describe(self) -> dict:
+        """Where this actor runs and what it serves (for status and for clients)."""
+        import psutil
+
+        manifest = self.searcher.manifest
+        return {
+            "index_dir": str(self.searcher.index_dir), "shard": self.searcher.shard, "replica": self.replica,
+            "num_shards": manifest.num_shards, "count": manifest.count, "dimension": manifest.dimension,
+            "shard_size": self.searcher.end - self.searcher.start, "factory": manifest.factory,
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "calls": self.calls,
+            "load_s": round(self.load_s, 3), "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
+        }
+
+
+@dataclass
+class GroupMember:
+    shard: int
+    replica: int
+    name: str
+
+
+def list_members(group: str, namespace: str) -> list[GroupMember]:
+    """Named actors of `group` in `namespace` that Ray knows about (alive or restarting)."""
+    members = []
+    for entry in ray.util.list_named_actors(all_namespaces=True):
+        if entry["namespace"] != namespace:
+            continue
+        match = _NAME.match(entry["name"])
+        if match and match["group"] == group:
+            members.append(GroupMember(int(match["shard"]), int(match["replica"]), entry["name"]))
+    return sorted(members, key=lambda m: (m.shard, m.replica))
+
+
+def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s: float = 600.0) -> list[dict]:
+    """Start (or reuse, if already running on the same index) the group `cfg.group`; returns member descriptions.
+
+    Needs a connected Ray. Blocks until every actor has loaded its shard.
+    """
+    if cfg.replicas < 1:
+        raise RetrievalError(f"retrieval.replicas: must be >= 1, got {cfg.replicas}")
+    index_dir = str(Path(index_dir).resolve())
+    manifest = read_manifest(index_dir)
+    existing = list_members(cfg.group, cfg.namespace)
+    if existing:
+        first = _describe(ray.get_actor(existing[0].name, namespace=cfg.namespace), cfg.call_timeout_s)
+        if first["index_dir"] != index_dir:
+            raise RetrievalError(
+                f"retrieval group {cfg.group!r} already serves {first['index_dir']}, not {index_dir}; "
+                f"stop it first (jobs/retrieval_service.py stop --retrieval.group {cfg.group})"
+            )
+    handles = []
+    for shard in range(manifest.num_shards):
+        for replica in range(cfg.replicas):
+            handles.append(RetrievalActor.options(
+                name=actor_name(cfg.group, shard, replica), namespace=cfg.namespace, lifetime="detached",
+                get_if_exists=True, max_restarts=-1, max_concurrency=cfg.max_concurrency,
+                num_cpus=cfg.actor_num_cpus, resources=dict(cfg.actor_resources),
+            ).remote(index_dir, shard, replica, cfg.faiss_threads))
+    try:
+        return ray.get([h.describe.remote() for h in handles], timeout=ready_timeout_s)
+    except ray.exceptions.GetTimeoutError:
+        raise RetrievalError(
+            f"retrieval group {cfg.group!r}: actors not ready after {ready_timeout_s:.0f}s; does the cluster have "
+            f"{cfg.actor_num_cpus} CPU and resources {cfg.actor_resources} free for each?"
+        ) from None
+    except ray.exceptions.RayError as e:
+        raise unwrap_pipeline_error(e) from None
+
+
+def _describe(handle, timeout_s: float) -> dict:
+    return ray.get(handle.describe.remote(), timeout=timeout_s)
+
+
+def group_status(group: str, namespace: str, timeout_s: float = 10.0) -> list[dict]:
+    """One description per member; an unreachable member is reported with its error instead."""
+    rows = []
+    for member in list_members(group, namespace):
+        try:
+            rows.append(_describe(ray.get_actor(member.name, namespace=namespace), timeout_s))
+        except (ray.exceptions.RayError, ValueError) as e:
+            rows.append({"shard": member.shard, "replica": member.replica,
+                         "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
+    return rows
+
+
+def stop_retrieval_group(group: str, namespace: str) -> int:
+    """Kill every member of the group (no restart); returns how many were stopped."""
+    members = list_members(group, namespace)
+    for member in members:
+        try:
+            ray.kill(ray.get_actor(member.name, namespace=namespace), no_restart=True)
+        except ValueError:
+            pass  # already gone between listing and killing
+    deadline = time.monotonic() + 30
+    while list_members(group, namespace) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return len(members)

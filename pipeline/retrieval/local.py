@@ -1,0 +1,28 @@
+"""Retrieval mode `local`: every shard searched in this process (one worker, tests, the benchmark's floor)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import RetrievalError
+from pipeline.index.manifest import read_manifest
+from pipeline.retrieval.result import RetrievalResult, merge_results
+from pipeline.retrieval.shard import ShardSearcher
+
+
+class LocalRetriever:
+    """Same call contract as RetrievalClient, without Ray."""
+
+    def __init__(self, index_dir: str | Path, faiss_threads: int = 1):
+        manifest = read_manifest(index_dir)
+        self.shards = [ShardSearcher(index_dir, s, faiss_threads) for s in range(manifest.num_shards)]
+        self.dimension, self.count = manifest.dimension, manifest.count
+        self.last_call_s = 0.0
+
+    def retrieve(self, vectors: np.ndarray, k: int) -> RetrievalResult:
+        """Top-k passages for float32[B, d] question vectors."""
+        if not 1 <= k <= self.count:
+            raise RetrievalError(f"k={k} but the index holds {self.count} passages")
+        return merge_results([s.search(vectors, k) for s in self.shards], k)

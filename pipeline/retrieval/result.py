@@ -1,0 +1,43 @@
+"""The retrieval call's result and the merge of per-shard results."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class RetrievalResult:
+    """Top-k passages for B questions, best first.
+
+    ids int64[B, k] (global passage ids), scores float32[B, k] (inner products),
+    vectors float32[B, k, d] (exact passage vectors), titles/texts: B lists of k strings.
+    """
+
+    ids: np.ndarray
+    scores: np.ndarray
+    vectors: np.ndarray
+    titles: list[list[str]]
+    texts: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+def merge_results(parts: list[RetrievalResult], k: int) -> RetrievalResult:
+    """Merge per-shard top-k lists into the global top-k by score (stable: ties keep shard order)."""
+    if len(parts) == 1:
+        return parts[0]
+    ids = np.concatenate([p.ids for p in parts], axis=1)
+    scores = np.concatenate([p.scores for p in parts], axis=1)
+    vectors = np.concatenate([p.vectors for p in parts], axis=1)
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    rows = np.arange(len(ids))[:, None]
+    titles = [sum((p.titles[b] for p in parts), []) for b in range(len(ids))]
+    texts = [sum((p.texts[b] for p in parts), []) for b in range(len(ids))]
+    return RetrievalResult(
+        ids=ids[rows, order], scores=scores[rows, order], vectors=vectors[rows, order],
+        titles=[[titles[b][j] for j in order[b]] for b in range(len(ids))],
+        texts=[[texts[b][j] for j in order[b]] for b in range(len(ids))],
+    )
