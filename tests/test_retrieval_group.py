@@ -1,0 +1,147 @@
+"""SERVE: the named, detached retrieval group against an in-process exact search."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import ray
+
+from jobs import retrieval_service
+from pipeline.config import RetrievalConfig
+from pipeline.errors import RetrievalError
+from pipeline.index.manifest import open_vectors, read_manifest
+from pipeline.retrieval.client import RetrievalClient
+from pipeline.retrieval.group import group_status, list_members, start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.local import LocalRetriever
+from tests.conftest import TEST_NAMESPACE
+
+
+def _config(group: str, **overrides) -> RetrievalConfig:
+    return RetrievalConfig(group=group, namespace=TEST_NAMESPACE, actor_num_cpus=0.1, call_timeout_s=20, **overrides)
+
+
+@pytest.fixture
+def group_2x2(flat_index, ray_cluster):
+    cfg = _config("grid", replicas=2)
+    start_retrieval_group(str(flat_index), cfg)
+    yield cfg
+    stop_retrieval_group(cfg.group, cfg.namespace)
+
+
+def _queries(index_dir, n=6, seed=0):
+    manifest = read_manifest(index_dir)
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, manifest.dimension)).astype(np.float32)
+
+
+def test_group_results_equal_exact_search(flat_index, group_2x2):
+    manifest = read_manifest(flat_index)
+    vectors = np.asarray(open_vectors(flat_index, manifest))
+    queries = _queries(flat_index)
+    result = RetrievalClient(group_2x2.group, TEST_NAMESPACE).retrieve(queries, 5)
+
+    exact = queries @ vectors.T
+    expected_ids = np.argsort(-exact, axis=1, kind="stable")[:, :5]
+    np.testing.assert_array_equal(result.ids, expected_ids)
+    np.testing.assert_allclose(result.scores, np.take_along_axis(exact, expected_ids, 1), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(result.vectors, vectors[expected_ids])
+    local = LocalRetriever(flat_index).retrieve(queries, 5)
+    np.testing.assert_array_equal(result.ids, local.ids)
+    assert result.texts == local.texts and result.titles == local.titles
+    assert result.vectors.dtype == np.float32 and result.ids.dtype == np.int64
+
+
+def test_group_has_named_detached_shards_and_replicas(group_2x2, flat_index):
+    members = list_members(group_2x2.group, TEST_NAMESPACE)
+    assert [(m.shard, m.replica) for m in members] == [(0, 0), (0, 1), (1, 0), (1, 1)]
+    # Starting again under the same name reuses the running actors (same processes).
+    pids = {m["pid"] for m in group_status(group_2x2.group, TEST_NAMESPACE)}
+    start_retrieval_group(str(flat_index), group_2x2)
+    assert {m["pid"] for m in group_status(group_2x2.group, TEST_NAMESPACE)} == pids
+
+
+def test_another_process_finds_the_group_by_name(group_2x2, flat_index):
+    queries = _queries(flat_index, n=3, seed=1)
+
+    @ray.remote(num_cpus=0)
+    def retrieve_elsewhere(group, namespace, q):
+        import os
+
+        result = RetrievalClient(group, namespace).retrieve(q, 4)
+        return os.getpid(), result.ids
+
+    pid, ids = ray.get(retrieve_elsewhere.remote(group_2x2.group, TEST_NAMESPACE, queries))
+    import os
+
+    assert pid != os.getpid()
+    np.testing.assert_array_equal(ids, LocalRetriever(flat_index).retrieve(queries, 4).ids)
+
+
+def test_concurrent_clients_spread_over_replicas(group_2x2, flat_index):
+    queries = _queries(flat_index, n=2)
+    before = {(m["shard"], m["replica"]): m["calls"] for m in group_status(group_2x2.group, TEST_NAMESPACE)}
+    for rank in range(4):
+        RetrievalClient(group_2x2.group, TEST_NAMESPACE, offset=rank).retrieve(queries, 3)
+    after = {(m["shard"], m["replica"]): m["calls"] for m in group_status(group_2x2.group, TEST_NAMESPACE)}
+    served = {key: after[key] - before[key] for key in after}
+    assert all(calls >= 1 for calls in served.values()), served
+
+
+def test_wrong_dimension_and_too_large_k_are_refused(group_2x2, flat_index):
+    client = RetrievalClient(group_2x2.group, TEST_NAMESPACE)
+    with pytest.raises(RetrievalError, match=r"shape \(2, 16\); group 'grid' serves dimension 384"):
+        client.retrieve(np.zeros((2, 16), np.float32), 3)
+    count = read_manifest(flat_index).count
+    with pytest.raises(RetrievalError, match=rf"k={count + 1} but group 'grid' holds {count} passages"):
+        client.retrieve(_queries(flat_index, n=1), count + 1)
+
+
+def test_missing_group_is_a_clear_error(ray_cluster):
+    with pytest.raises(RetrievalError, match=r"retrieval group 'absent' not found in namespace 'rag-tests'"):
+        RetrievalClient("absent", TEST_NAMESPACE)
+
+
+def test_service_cli_start_status_stop_leaves_no_actor(flat_index, capsys):
+    args = ["--index.directory", str(flat_index), "--retrieval.group", "cli", "--retrieval.namespace", TEST_NAMESPACE,
+            "--retrieval.actor_num_cpus", "0.1"]
+    assert retrieval_service.main(["start", *args]) == 0
+    assert retrieval_service.main(["status", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.count('"shard"') == 4  # start + status, two shards each
+    assert retrieval_service.main(["stop", *args]) == 0
+    assert list_members("cli", TEST_NAMESPACE) == []
+    with pytest.raises(ValueError):
+        ray.get_actor("cli.shard0.replica0", namespace=TEST_NAMESPACE)
+    with pytest.raises(RetrievalError, match="not found"):
+        retrieval_service.main(["status", *args])
+
+
+def test_group_on_another_index_is_not_silently_reused(group_2x2, flat_index, tmp_path):
+    import shutil
+
+    other = tmp_path / "copy"
+    shutil.copytree(flat_index, other)
+    with pytest.raises(RetrievalError, match=r"already serves .* stop it first"):
+        start_retrieval_group(str(other), group_2x2)
+
+
+def test_group_outlives_the_driver_that_started_it(flat_index, ray_cluster):
+    """A separate driver process starts the group and exits; the group stays and serves this driver."""
+    import subprocess
+    import sys
+
+    address = ray.get_runtime_context().gcs_address
+    script = (
+        "import ray, sys; from pipeline.config import RetrievalConfig; "
+        "from pipeline.retrieval.group import start_retrieval_group; "
+        f"ray.init(address={address!r}); "
+        f"start_retrieval_group({str(flat_index)!r}, RetrievalConfig(group='outlive', namespace={TEST_NAMESPACE!r}, "
+        "actor_num_cpus=0.1)); print('started')"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "started" in done.stdout, done.stderr[-2000:]
+    try:
+        client = RetrievalClient("outlive", TEST_NAMESPACE)
+        assert client.retrieve(_queries(flat_index, n=2), 3).ids.shape == (2, 3)
+    finally:
+        assert stop_retrieval_group("outlive", TEST_NAMESPACE) == 2
