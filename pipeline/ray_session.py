@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import ray
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 def connect_ray(num_cpus: int | None = None) -> None:
@@ -16,5 +19,11 @@ def connect_ray(num_cpus: int | None = None) -> None:
         return
     kwargs = {"log_to_driver": True}
     if not os.environ.get("RAY_ADDRESS"):
-        kwargs.update(include_dashboard=False, num_cpus=num_cpus)
+        # Workers of a new local cluster must import `pipeline` even from a checkout that is not pip-installed.
+        python_path = os.pathsep.join(p for p in (str(PROJECT_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+        # Ray's CPUs are scheduling slots, not cores: the demo's trainers, retrieval actor and Ray Data tasks
+        # need more slots than a laptop has cores, and they do share the cores well (each uses one thread).
+        num_cpus = num_cpus or max(4, os.cpu_count() or 1)
+        kwargs.update(include_dashboard=False, num_cpus=num_cpus,
+                      runtime_env={"env_vars": {"PYTHONPATH": python_path}})
     ray.init(**kwargs)

@@ -78,6 +78,13 @@ def iter_checked_rows(path: str | Path, columns: list[str]) -> Iterator[tuple[in
         raise DataError(f"{path}: no rows")
 
 
+def column_names(path: str | Path) -> list[str]:
+    """The columns of a tabular file, read from its first block only."""
+    path = Path(path)
+    batch = next(_batches(path, table_format(path), []), None)
+    return [] if batch is None else list(batch.schema.names)
+
+
 def read_dataset(path: str | Path, columns: list[str]):
     """A Ray Dataset of the given columns of a tabular file (all as read; validate first)."""
     import ray.data

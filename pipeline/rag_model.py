@@ -1,0 +1,286 @@
+"""The RAG model math: a question encoder and a seq2seq generator joined by transformers' RAG heads.
+
+Retrieval happens outside (any mode, numpy in and out); this module takes its passages and vectors
+and does the rest in plain torch/transformers, so it imports no Ray and is testable alone:
+
+    q = encode_questions(parts, questions, ...)                       float32[B, d], trainable
+    ids, mask = tokenize_contexts(parts, titles, texts, questions, ...) "title / text // question", B*k rows
+    loss = rag_loss(parts, q, retrieved_vectors, ids, mask, labels, k) doc_scores = q . vectors inside,
+                                                                      so the gradient reaches the encoder
+Targets (`labels`) follow the RAG heads' convention: the decoder input itself, from the decoder start
+token to eos, padded with the generator's pad id; the heads shift it left to score it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from pipeline.encoders import POOLINGS, encode, load_encoder
+from pipeline.errors import ConfigError, ModelLoadError
+
+MODEL_TYPES = ("rag_sequence", "rag_token")
+PARTS_FILE = "rag_parts.json"
+# The layout RagTokenizer reads, so a saved model also loads with plain transformers.
+QUESTION_TOKENIZER_DIR = "question_encoder_tokenizer"
+GENERATOR_TOKENIZER_DIR = "generator_tokenizer"
+QUESTION_ENCODER_DIR = "question_encoder"
+FORMAT_VERSION = 1
+
+
+def _head_class(model_type: str):
+    from transformers import RagSequenceForGeneration, RagTokenForGeneration
+
+    classes = {"rag_sequence": RagSequenceForGeneration, "rag_token": RagTokenForGeneration}
+    if model_type not in classes:
+        raise ConfigError(f"model.model_type {model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
+    return classes[model_type]
+
+
+@dataclass
+class RagParts:
+    """A RAG head (question encoder + generator inside) with its two tokenizers and the question pooling."""
+
+    model: object  # RagSequenceForGeneration | RagTokenForGeneration, or that model wrapped by DDP
+    question_tokenizer: object
+    generator_tokenizer: object
+    pooling: str
+
+    @property
+    def head(self):
+        """The RAG head itself, for its attributes: `model` may be a DDP wrapper (Ray Train's prepare_model),
+        whose forward must still be the one called for gradients to be synchronised."""
+        return getattr(self.model, "module", self.model)
+
+    @property
+    def model_type(self) -> str:
+        return "rag_token" if type(self.head).__name__ == "RagTokenForGeneration" else "rag_sequence"
+
+
+def build_rag_model(question_encoder: str, generator: str, model_type: str, pooling: str,
+                    label_smoothing: float = 0.0, dropout: float = -1.0) -> RagParts:
+    """Join a pretrained encoder (AutoModel; empty: the bundled MiniLM) and seq2seq generator (BART, T5).
+
+    `dropout` >= 0 replaces the generator's dropout; negative keeps the checkpoint's value. The model
+    comes back in eval mode, as `from_pretrained` leaves it; call `.train()` to train.
+    """
+    from transformers import RagConfig
+
+    head = _head_class(model_type)
+    if pooling not in POOLINGS:
+        raise ConfigError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
+    question_tokenizer, encoder_model = load_encoder(question_encoder)
+    generator_tokenizer, generator_model = _load_generator(generator, dropout)
+    config = RagConfig.from_question_encoder_generator_configs(
+        # The heads read the special ids from the top-level config too (RAG-Token's generate above all).
+        encoder_model.config, generator_model.config, label_smoothing=label_smoothing,
+        **_special_ids(generator_model.config),
+    )
+    model = head(config=config, question_encoder=encoder_model, generator=generator_model)
+    model.eval()  # the new head starts in train mode while its loaded parts are in eval: make them agree
+    return _with_unused_pooler_frozen(RagParts(model, question_tokenizer, generator_tokenizer, pooling))
+
+
+def _with_unused_pooler_frozen(parts: RagParts) -> RagParts:
+    """Freeze the encoder's pooler layer when pooling is 'cls' or 'mean': it gets no gradient then, and
+    DDP without find_unused_parameters fails on a trainable parameter that gets none."""
+    pooler = getattr(parts.head.question_encoder, "pooler", None)
+    if parts.pooling != "pooler" and isinstance(pooler, torch.nn.Module):
+        pooler.requires_grad_(False)
+    return parts
+
+
+def _special_ids(generator_config) -> dict:
+    """The generator's bos/eos/pad/decoder-start ids; None where it has none (T5 has no bos)."""
+    names = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+    return {name: getattr(generator_config, name, None) for name in names}
+
+
+def _load_generator(name_or_path: str, dropout: float):
+    """(tokenizer, seq2seq model); ModelLoadError naming the path if either is missing or not seq2seq."""
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+        config = AutoConfig.from_pretrained(name_or_path)
+        if not hasattr(config, "bos_token_id"):
+            # RAG-Sequence's loss reads generator.bos_token_id, which T5 configs lack (transformers 5.x).
+            config.bos_token_id = None
+        if dropout >= 0:
+            for name in ("dropout", "dropout_rate"):  # BART-style, T5-style
+                if hasattr(config, name):
+                    setattr(config, name, dropout)
+        model = AutoModelForSeq2SeqLM.from_pretrained(name_or_path, config=config)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"generator {name_or_path!r}: cannot load a seq2seq tokenizer/model ({str(e).splitlines()[0]})"
+        ) from None
+    if tokenizer.pad_token_id != config.pad_token_id:
+        # The loss masks targets by the config's pad id; a different tokenizer pad would be trained on.
+        raise ModelLoadError(f"generator {name_or_path!r}: tokenizer pad id {tokenizer.pad_token_id} "
+                             f"differs from the model config's pad_token_id {config.pad_token_id}")
+    return tokenizer, model
+
+
+def save_rag_model(parts: RagParts, directory) -> None:
+    """Write Hugging Face files: the RAG model (safetensors), both tokenizers (RagTokenizer layout),
+    `rag_parts.json` (model type, pooling), and the question encoder alone under `question_encoder/`
+    (with its tokenizer, so `AutoModel`/`AutoTokenizer.from_pretrained` load it)."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    parts.head.save_pretrained(directory)
+    parts.question_tokenizer.save_pretrained(directory / QUESTION_TOKENIZER_DIR)
+    parts.generator_tokenizer.save_pretrained(directory / GENERATOR_TOKENIZER_DIR)
+    parts.head.question_encoder.save_pretrained(directory / QUESTION_ENCODER_DIR)
+    parts.question_tokenizer.save_pretrained(directory / QUESTION_ENCODER_DIR)
+    meta = {"format_version": FORMAT_VERSION, "model_type": parts.model_type, "pooling": parts.pooling}
+    (directory / PARTS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_rag_model(directory) -> RagParts:
+    """Reload what `save_rag_model` wrote (eval mode); ModelLoadError naming the directory if incomplete."""
+    from transformers import AutoTokenizer
+
+    directory = Path(directory)
+    meta_path = directory / PARTS_FILE
+    if not meta_path.is_file():
+        raise ModelLoadError(f"{meta_path}: missing; expected a directory written by save_rag_model")
+    meta = json.loads(meta_path.read_text())
+    head = _head_class(meta["model_type"])
+    try:
+        model = head.from_pretrained(directory)
+        question_tokenizer = AutoTokenizer.from_pretrained(directory / QUESTION_TOKENIZER_DIR)
+        generator_tokenizer = AutoTokenizer.from_pretrained(directory / GENERATOR_TOKENIZER_DIR)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"{directory}: cannot load the saved RAG model ({str(e).splitlines()[0]})") from None
+    return _with_unused_pooler_frozen(RagParts(model, question_tokenizer, generator_tokenizer, meta["pooling"]))
+
+
+def encode_questions(parts: RagParts, questions: list[str], max_length: int, device="cpu") -> torch.Tensor:
+    """Question vectors float32[B, d], pooled as the index was built; with grad unless the caller disables it."""
+    return encode(parts.head.question_encoder, parts.question_tokenizer, questions, parts.pooling,
+                  max_length, device)
+
+
+def format_contexts(titles: list[list[str]], texts: list[list[str]], questions: list[str],
+                    prefix: str = "") -> list[str]:
+    """B*k generator inputs, doc-major per question (row b*k + j = passage j of question b), in
+    transformers' RAG format: prefix + title + " / " + text + " // " + question, double spaces collapsed."""
+    return [_context_string(title, text, question, prefix)
+            for row_titles, row_texts, question in zip(titles, texts, questions, strict=True)
+            for title, text in zip(row_titles, row_texts, strict=True)]
+
+
+def _context_string(title: str, text: str, question: str, prefix: str) -> str:
+    title = title.removeprefix('"').removesuffix('"')  # as RagRetriever does
+    return (prefix + title + " / " + text + " // " + question).replace("  ", " ")
+
+
+def tokenize_contexts(parts: RagParts, titles: list[list[str]], texts: list[list[str]], questions: list[str],
+                      max_length: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """Generator inputs for `format_contexts`: (input_ids, attention_mask), both int64[B*k, <= max_length].
+
+    Too-long rows lose the end of the passage, not the question: plain right truncation (what
+    RagRetriever does) would cut off the question after a long passage.
+    """
+    tokenizer = parts.generator_tokenizer
+    prefix = getattr(parts.head.config.generator, "prefix", None) or ""
+    strings = format_contexts(titles, texts, questions, prefix)
+    encoded = tokenizer(strings, add_special_tokens=True, return_special_tokens_mask=True)
+    k = len(strings) // len(questions)
+    tail_lengths = [len(ids) for ids in
+                    tokenizer([" // " + q for q in questions], add_special_tokens=False)["input_ids"]]
+    rows = []
+    for i, (ids, special) in enumerate(zip(encoded["input_ids"], encoded["special_tokens_mask"])):
+        rows.append(_keep_tail(ids, tail_lengths[i // k] + _trailing_ones(special), max_length))
+    batch = tokenizer.pad({"input_ids": rows}, return_tensors="pt")
+    return batch["input_ids"].to(device), batch["attention_mask"].to(device)
+
+
+def _trailing_ones(mask: list[int]) -> int:
+    """How many special tokens (eos, ...) close a sequence, from its special-tokens mask."""
+    count = 0
+    while count < len(mask) and mask[len(mask) - 1 - count] == 1:
+        count += 1
+    return count
+
+
+def _keep_tail(ids: list[int], tail: int, max_length: int) -> list[int]:
+    """`ids` cut to max_length by dropping tokens just before its last `tail` ones (the question and eos)."""
+    if len(ids) <= max_length:
+        return ids
+    tail = min(tail, max_length - 1)  # a question longer than the budget keeps the start token and its end
+    return ids[: max_length - tail] + ids[len(ids) - tail:]
+
+
+def tokenize_targets(generator_tokenizer, generator_config, answers: list[str], max_length: int) -> torch.Tensor:
+    """Decoder inputs the RAG heads score, int64[B, <= max_length]: decoder start token, the tokenizer's
+    encoding of the answer (BART keeps its <s>), eos, then the generator's pad id. `generator_config` is
+    the generator's own (`parts.head.config.generator`, or AutoConfig of the generator path).
+
+    The start token is prepended when the tokenizer does not begin with it (T5: pad; BART: </s>, so
+    BART sees "</s> <s> answer </s>" as in its own pretraining and in generate()).
+    """
+    special = _special_ids(generator_config)
+    start, eos, pad = special["decoder_start_token_id"], special["eos_token_id"], special["pad_token_id"]
+    probe = generator_tokenizer("", add_special_tokens=True)["input_ids"]
+    add_start = not probe or probe[0] != start
+    add_eos = not probe or probe[-1] != eos
+    budget = max_length - add_start - add_eos
+    encoded = generator_tokenizer(answers, add_special_tokens=True, truncation=True, max_length=budget)["input_ids"]
+    rows = [[start] * add_start + ids + [eos] * add_eos for ids in encoded]
+    width = max(len(row) for row in rows)
+    return torch.tensor([row + [pad] * (width - len(row)) for row in rows], dtype=torch.long)
+
+
+def score_documents(question_vectors: torch.Tensor, retrieved_vectors) -> torch.Tensor:
+    """doc_scores float[B, k] = inner products of question vectors [B, d] with their passages' [B, k, d]
+    (numpy or torch); differentiable in the question vectors."""
+    vectors = torch.as_tensor(retrieved_vectors, device=question_vectors.device, dtype=question_vectors.dtype)
+    if vectors.dim() != 3 or vectors.shape[0] != question_vectors.shape[0] \
+            or vectors.shape[2] != question_vectors.shape[1]:
+        raise ModelLoadError(f"retrieved vectors of shape {tuple(vectors.shape)} do not fit question vectors "
+                             f"{tuple(question_vectors.shape)}: the question encoder's dimension must match the index")
+    return torch.bmm(question_vectors.unsqueeze(1), vectors.transpose(1, 2)).squeeze(1)
+
+
+def rag_loss(parts: RagParts, question_vectors: torch.Tensor, retrieved_vectors, context_input_ids: torch.Tensor,
+             context_attention_mask: torch.Tensor, labels: torch.Tensor, n_docs: int) -> torch.Tensor:
+    """Marginal NLL (RAG-Sequence or RAG-Token, by the head), summed over tokens, mean over the batch.
+
+    question_vectors float[B, d]; retrieved_vectors float32[B, n_docs, d]; context ids/mask int64[B*n_docs, L]
+    (doc-major, as `tokenize_contexts`); labels int64[B, T] from `tokenize_targets`. Label smoothing is the
+    model config's `label_smoothing`.
+    """
+    doc_scores = score_documents(question_vectors, retrieved_vectors)
+    outputs = parts.model(context_input_ids=context_input_ids, context_attention_mask=context_attention_mask,
+                          doc_scores=doc_scores, labels=labels, n_docs=n_docs, reduce_loss=False)
+    return outputs.loss.mean()
+
+
+@torch.no_grad()
+def generate_answers(parts: RagParts, question_vectors: torch.Tensor, retrieved_vectors,
+                     context_input_ids: torch.Tensor, context_attention_mask: torch.Tensor, n_docs: int,
+                     max_length: int, num_beams: int = 1) -> list[str]:
+    """One answer string per question (B), decoded by the head's own generate over the n_docs passages
+    (RAG-Token: marginalised per token; RAG-Sequence: per-passage candidates rescored by the marginal).
+    `max_length` counts decoder tokens as `tokenize_targets` does (start token and eos included).
+    Runs in eval mode and restores the mode after; sets the head's config.n_docs to `n_docs`."""
+    head = parts.head
+    doc_scores = score_documents(question_vectors, retrieved_vectors)
+    # RAG-Sequence's generate rescores its candidates with config.n_docs, not with its n_docs argument.
+    head.config.n_docs = n_docs
+    was_training = head.training
+    head.eval()
+    try:
+        sequences = head.generate(
+            context_input_ids=context_input_ids, context_attention_mask=context_attention_mask,
+            doc_scores=doc_scores, n_docs=n_docs, num_beams=num_beams, max_length=max_length,
+            **_special_ids(head.config.generator),
+        )
+    finally:
+        head.train(was_training)
+    return [text.strip() for text in parts.generator_tokenizer.batch_decode(sequences, skip_special_tokens=True)]

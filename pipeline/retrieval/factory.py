@@ -1,0 +1,33 @@
+"""The training loop's one entry to retrieval: a retriever for `retrieval.mode`, all with the same call contract.
+
+    retriever = make_retriever(cfg.retrieval.mode, cfg.index.directory, cfg.retrieval, rank)
+    hits = retriever.retrieve(question_vectors, k)   # float32[B, d] -> RetrievalResult
+
+Each retriever has `.retrieve(vectors, k)`, `.dimension`, `.count` and `.last_call_s`.
+The torch mode's `retrieve` is a collective: every rank must call it on every step.
+"""
+
+from __future__ import annotations
+
+from pipeline.config import RetrievalConfig
+from pipeline.errors import ConfigError
+
+MODES = ("ray", "torch", "local")
+
+
+def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int):
+    """RetrievalClient ('ray', the running group `cfg.group`), TorchDistributedRetriever ('torch') or LocalRetriever ('local')."""
+    if mode == "ray":
+        from pipeline.retrieval.client import RetrievalClient
+
+        # offset=rank: concurrent trainers start on different replicas instead of all on replica 0.
+        return RetrievalClient(cfg.group, cfg.namespace, timeout_s=cfg.call_timeout_s, offset=rank)
+    if mode == "torch":
+        from pipeline.retrieval.torch_distributed import TorchDistributedRetriever
+
+        return TorchDistributedRetriever(index_dir, faiss_threads=cfg.faiss_threads)
+    if mode == "local":
+        from pipeline.retrieval.local import LocalRetriever
+
+        return LocalRetriever(index_dir, faiss_threads=cfg.faiss_threads)
+    raise ConfigError(f"retrieval.mode: {mode!r} is not one of {', '.join(MODES)}")
