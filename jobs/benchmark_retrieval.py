@@ -31,7 +31,11 @@ def parse_spec(argv) -> BenchmarkSpec:
     defaults = BenchmarkSpec()
     for f in dataclasses.fields(BenchmarkSpec):
         value = getattr(defaults, f.name)
-        kind = (lambda s: [int(x) for x in s.split(",")]) if isinstance(value, list) else type(value)
+        kind = type(value)
+        if isinstance(value, list):
+            kind = lambda s: [int(x) for x in s.split(",")]  # noqa: E731
+        elif isinstance(value, bool):
+            kind = lambda s: s.lower() in ("1", "true", "yes")  # noqa: E731
         shown = ",".join(map(str, value)) if isinstance(value, list) else value
         parser.add_argument(f"--{f.name}", type=kind, default=value, help=f"(default: {shown})")
     return BenchmarkSpec(**vars(parser.parse_args(argv)))

@@ -5,9 +5,11 @@ so `jobs/finetune.py` with no arguments has data that only retrieval can answer:
 
 * every entity (a made-up person) has three documents, "early life", "career" and
   "personal", each stating four facts in varied sentence templates plus filler;
-* the three documents of an entity all carry its name, and each states a town, a year
-  or a person, so the name alone cannot pick the right document: the question encoder
-  has to learn which *kind* of fact a question asks for (what RAG fine-tuning teaches);
+* the three documents of an entity all carry its name, and each states a town and
+  mostly a year or a person too, so the name alone cannot pick the right document: the
+  question encoder has to learn which *kind* of document answers which kind of question
+  (what RAG fine-tuning teaches; the pretrained MiniLM ranks the right one first for
+  about 60% of test questions, and among the top 5 for about 97%);
 * dev and test ask about (entity, relation) facts that no training question asks about,
   and answers are fictional words or years, so without the right passage the generator
   can only guess.
@@ -24,11 +26,15 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.errors import DataError
+
 DEMO_DIR = "runs/demo/data"
 
 NUM_ENTITIES = 700  # x 3 documents = 2100 passages
 SPLIT_SIZES = {"test": 300, "dev": 200, "train": 3000}  # facts asked, one question each
 MAX_DOCUMENT_WORDS = 90  # below the index's 100-word passages, so one document = one passage
+DEMO_VERSION = 2  # bump when the generated content changes, so demos made by older code are replaced
+_STAMP = "demo.json"  # {"version", "seed"} of the demo in a directory
 
 
 @dataclass
@@ -49,7 +55,8 @@ class DemoPaths:
 
     def missing(self) -> list[str]:
         """Names of the parts not present on disk."""
-        parts = [self.documents, self.train, self.dev, self.test, self.generator / "config.json"]
+        parts = [self.documents, self.train, self.dev, self.test, self.generator / "config.json",
+                 self.generator / "model.safetensors", self.generator / "tokenizer.json"]
         return [str(p.relative_to(self.directory)) for p in parts if not p.exists()]
 
 
@@ -97,8 +104,9 @@ _PET_KINDS = ["dog", "cat", "parrot", "goat", "horse", "tortoise", "raven", "har
 class Relation:
     """A kind of fact: which document states it, how, and how to ask for it.
 
-    Sentence templates take {name} (the entity), {a} (the answer) and {kind} (a pet's kind);
-    every template names the entity in full so each evidence sentence is unique to its document.
+    Sentence templates take {name} (the entity), {a} (the answer) and {kind} (a pet's kind),
+    questions only {name}; every sentence names the entity in full, so each evidence
+    sentence is unique to its document.
     """
 
     name: str
@@ -200,10 +208,9 @@ class Fact:
     relation: Relation
     answer: str
     evidence: str
-    kind: str  # the pet's kind ("dog"); empty for other relations
 
     def question(self, rng: random.Random) -> str:
-        return rng.choice(self.relation.questions).format(name=self.entity, kind=self.kind)
+        return rng.choice(self.relation.questions).format(name=self.entity)
 
 
 def _with_article(noun: str) -> str:
@@ -251,9 +258,9 @@ def build_knowledge_base(seed: int = 0, num_entities: int = NUM_ENTITIES) -> tup
                 answer = answers[relation.name]
                 shown = _with_article(answer) if relation.name == "profession" else answer
                 sentence = rng.choice(relation.sentences).format(name=entity, a=shown, kind=kind)
-                facts.append(Fact(entity, relation, answer, sentence, kind if relation.name == "pet" else ""))
+                facts.append(Fact(entity, relation, answer, sentence))
                 sentences.append(sentence)
-            sentences += rng.sample(_FILLER[section], 3)
+            sentences += rng.sample(_FILLER[section], 2)
             rng.shuffle(sentences)
             documents.append({"title": entity, "text": " ".join(sentences)})
     return documents, facts
@@ -261,14 +268,15 @@ def build_knowledge_base(seed: int = 0, num_entities: int = NUM_ENTITIES) -> tup
 
 def _unique_evidence(documents: list[dict], facts: list[Fact]) -> list[Fact]:
     """Facts whose evidence sentence occurs in exactly one document (substring match, as retrieval checks)."""
-    # A document containing the sentence must contain its rarest word; check only those.
+    # A document containing the sentence contains each of its inner words whole (the first
+    # and last may be parts of longer words), so only those holding the rarest one are checked.
     by_word: dict[str, set[int]] = {}
     for i, doc in enumerate(documents):
         for w in set(doc["text"].split()):
             by_word.setdefault(w, set()).add(i)
     kept = []
     for fact in facts:
-        candidates = min((by_word.get(w, set()) for w in fact.evidence.split()), key=len)
+        candidates = min((by_word.get(w, set()) for w in fact.evidence.split()[1:-1]), key=len)
         if sum(fact.evidence in documents[i]["text"] for i in candidates) == 1:
             kept.append(fact)
     return kept
@@ -306,35 +314,68 @@ def _generate(paths: DemoPaths, seed: int) -> None:
     corpus = [f"{d['title']} / {d['text']}" for d in documents]
     corpus += [f"{r['question']} {r['answers'][0]}" for rows in splits.values() for r in rows]
     build_generator(paths.generator, corpus, seed)
+    (paths.directory / _STAMP).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed}) + "\n")
+
+
+def _reason_to_generate(paths: DemoPaths, seed: int) -> str | None:
+    """None if `paths` holds this version's demo for `seed`, else why it must be (re)generated."""
+    if not paths.directory.exists():
+        return "absent"
+    if not (paths.documents.exists() and (paths.generator / "config.json").exists()):
+        raise DataError(f"{paths.directory}: exists but is not a demo (no documents.jsonl or generator/); "
+                        "move it or choose another directory")
+    stamp = paths.directory / _STAMP
+    try:
+        found = json.loads(stamp.read_text())
+    except (OSError, ValueError):
+        found = {}
+    if found != {"version": DEMO_VERSION, "seed": seed}:
+        return f"replacing {found or 'an unversioned demo'}"
+    if paths.missing():
+        raise DataError(f"{paths.directory}: incomplete demo (missing {', '.join(paths.missing())}); "
+                        "delete it to regenerate")
+    return None
+
+
+def _move_into_place(tmp: Path, directory: Path, replace: bool) -> None:
+    """Rename a finished demo to `directory`; with `replace`, first move the stale one there aside and delete it."""
+    if replace:
+        aside = Path(tempfile.mkdtemp(prefix=f".{directory.name}-old-", dir=directory.parent))
+        try:
+            os.rename(directory, aside)  # onto the empty `aside`, which it replaces
+        except FileNotFoundError:
+            pass  # another process moved it first
+        shutil.rmtree(aside, ignore_errors=True)
+    try:
+        os.rename(tmp, directory)
+    except OSError:
+        if not directory.exists():  # not a race lost to another generator of the same demo: a real failure
+            raise
 
 
 def ensure_demo_data(directory: str | Path = DEMO_DIR, seed: int = 0) -> DemoPaths:
-    """Paths of the demo under `directory`, generating it first if absent (about 10 s, 2 CPU cores).
+    """Paths of the demo under `directory`, generating it first if absent (seconds).
 
-    Idempotent: an existing demo is returned untouched. Atomic: generation happens in a
+    Idempotent: a demo of this version and seed is returned untouched; one from another
+    seed or an older version of this module is replaced. Atomic: generation happens in a
     sibling temporary directory renamed into place at the end, so an interrupted run leaves
-    nothing half-written and concurrent callers agree on one copy. Same seed, same bytes
-    in every jsonl file.
+    nothing half-written. Same seed, same bytes in every file. A directory that is not a
+    demo is never overwritten (DataError).
     """
-    from pipeline.errors import DataError
-
     paths = DemoPaths.at(directory)
-    if paths.directory.exists():
-        missing = paths.missing()
-        if missing:
-            raise DataError(f"{paths.directory}: not a complete demo (missing {', '.join(missing)}); "
-                            "delete it to regenerate")
+    reason = _reason_to_generate(paths, seed)
+    if reason is None:
         return paths
     paths.directory.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     tmp = Path(tempfile.mkdtemp(prefix=f".{paths.directory.name}-", dir=paths.directory.parent))
+    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the demo from other users of a shared cluster
     try:
         _generate(DemoPaths.at(tmp), seed)
-        os.rename(tmp, paths.directory)
-    except OSError:
-        if not paths.directory.exists():  # not a lost race with another generator: a real failure
-            raise
+        _move_into_place(tmp, paths.directory, replace=reason != "absent")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    print(f"demo data: generated {paths.directory} (seed {seed}) in {time.perf_counter() - start:.1f}s", flush=True)
+    note = "" if reason == "absent" else f", {reason}"
+    print(f"demo data: generated {paths.directory} (seed {seed}) in {time.perf_counter() - start:.1f}s{note}",
+          flush=True)
     return paths

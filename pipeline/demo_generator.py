@@ -37,12 +37,12 @@ def train_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE):
 
 
 def tiny_bart_config(vocab_size: int):
-    """A 2+2-layer, 256-wide BART: small enough to fine-tune on two CPU cores in minutes."""
+    """A 2+2-layer, 128-wide BART: small enough to fine-tune on two CPU cores in minutes."""
     from transformers import BartConfig
 
     return BartConfig(
-        vocab_size=vocab_size, d_model=256, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=1024, decoder_ffn_dim=1024,
+        vocab_size=vocab_size, d_model=128, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=512, decoder_ffn_dim=512,
         max_position_embeddings=256, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2,
     )
 

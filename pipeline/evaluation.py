@@ -54,3 +54,30 @@ def gather_rows(rows: list[dict], world: int) -> list[dict]:
     gathered = [None] * world
     torch.distributed.all_gather_object(gathered, rows)
     return [row for part in gathered for row in part]
+
+
+def evaluate_model(model_dir: str, examples: list[QAExample], retriever, cfg, batch_size: int = 32) -> tuple[dict, list[dict]]:
+    """Load a saved RAG model (HF format) and score it on `examples` in this process: (metrics, rows)."""
+    from pipeline.rag_model import load_rag_model
+    from pipeline.rag_with_retrieval import RagWithRetrieval
+
+    rag = RagWithRetrieval(load_rag_model(model_dir), retriever, cfg)
+    rows = predict(rag, examples, batch_size)
+    return summarize_rows(rows), rows
+
+
+@torch.no_grad()
+def retrieval_metrics(encoder: str, pooling: str, max_length: int, examples: list[QAExample], retriever, k: int,
+                      batch_size: int = 64) -> dict:
+    """hit@k / recall@1 / recall@k of a question encoder alone (no generation), e.g. before fine-tuning."""
+    from pipeline.encoders import encode, load_encoder
+
+    tokenizer, model = load_encoder(encoder)
+    model.eval()
+    records = []
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start:start + batch_size]
+        vectors = encode(model, tokenizer, [e.question for e in chunk], pooling, max_length)
+        hits = retriever.retrieve(vectors.numpy(), k)
+        records += [score_retrieval(hits.texts[i], e.answers, e.evidence) for i, e in enumerate(chunk)]
+    return summarize(records)

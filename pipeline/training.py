@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.config import RunConfig, config_from_dict
+from pipeline.config import RunConfig, TrainConfig, config_from_dict
 
 CHECKPOINT_MODEL = "model"
 CHECKPOINT_STATE = "training_state.pt"
@@ -251,9 +251,13 @@ def prepare_run(cfg: RunConfig) -> dict:
     tokenizer = QATokenizer(question_encoder, cfg.model.generator, cfg.model.max_question_length,
                             cfg.model.max_target_length)
     train = read_qa_dataset(cfg.data.train, cfg.data).map_batches(tokenizer, batch_format="numpy")
-    per_step = cfg.train.batch_size * cfg.train.num_workers * cfg.train.grad_accum
-    return {"train_dataset": train, "pooling": manifest.pooling,
-            "steps_per_epoch": max(1, reports["train"].valid // per_step)}
+    return {"train_dataset": train, "pooling": manifest.pooling, "train_examples": reports["train"].valid,
+            "steps_per_epoch": steps_per_epoch(reports["train"].valid, cfg.train)}
+
+
+def steps_per_epoch(train_examples: int, t: TrainConfig) -> int:
+    """Optimizer steps in one pass over `train_examples` (each step: batch_size x grad_accum per worker)."""
+    return max(1, train_examples // (t.batch_size * t.num_workers * t.grad_accum))
 
 
 def _make_paths_absolute(cfg: RunConfig) -> None:

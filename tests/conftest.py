@@ -62,3 +62,34 @@ def flat_index(ray_cluster, corpus_file, tmp_path_factory):
                              "--index.shards", "2", "--index.embed_batch_size", "16"])
     assert code == 0
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_demo(ray_cluster, tmp_path_factory):
+    """A slice of the bundled demo (120 documents, the QA rows they answer) with its index built.
+
+    Returns a dict of dotted config overrides pointing a RunConfig at it.
+    """
+    from pipeline.demo_data import ensure_demo_data
+    from pipeline.index.build import build_index
+    from pipeline.config import IndexConfig, KnowledgeBaseConfig
+
+    root = tmp_path_factory.mktemp("tiny_demo")
+    demo = ensure_demo_data(root / "demo")
+    documents = [json.loads(line) for line in demo.documents.read_text().splitlines()[:120]]
+    (root / "documents.jsonl").write_text("".join(json.dumps(d) + "\n" for d in documents))
+    texts = [d["text"] for d in documents]
+    for split, limit in (("train", 48), ("dev", 8)):
+        rows = [json.loads(line) for line in getattr(demo, split).read_text().splitlines()]
+        rows = [r for r in rows if any(r["evidence"] in t for t in texts)][:limit]
+        (root / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    build_index(KnowledgeBaseConfig(documents=str(root / "documents.jsonl")),
+                IndexConfig(directory=str(root / "index"), embed_batch_size=32))
+    return {
+        "knowledge_base.documents": str(root / "documents.jsonl"), "index.directory": str(root / "index"),
+        "data.train": str(root / "train.jsonl"), "data.dev": str(root / "dev.jsonl"),
+        "data.test": str(root / "dev.jsonl"), "model.generator": str(demo.generator),
+        "retrieval.namespace": TEST_NAMESPACE, "retrieval.actor_num_cpus": 0.1,
+        "train.cpus_per_worker": 1.0, "train.batch_size": 4, "train.eval_max_examples": 8,
+        "train.warmup_steps": 2, "model.max_source_length": 96,
+    }

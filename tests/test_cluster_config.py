@@ -69,7 +69,8 @@ def test_a_mistyped_copy_fails_validation(cluster, mistake):
 def test_no_extra_ingress_rule_opens_a_port_to_the_internet(cluster):
     """Ray adds SSH-from-anywhere itself; whatever the config adds must not open anything else to the world."""
     for rule in cluster["provider"].get("security_group", {}).get("IpPermissions", []):
-        ranges = [r.get("CidrIp") for r in rule.get("IpRanges", [])] + [r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])]
+        ranges = [r.get("CidrIp") for r in rule.get("IpRanges", [])]
+        ranges += [r.get("CidrIpv6") for r in rule.get("Ipv6Ranges", [])]
         if any(r in WORLD for r in ranges):
             assert (rule.get("FromPort"), rule.get("ToPort")) == (22, 22), rule
     # A node type with its own SecurityGroupIds would bypass the group Ray configures (and this test).
@@ -92,7 +93,8 @@ def test_security_group_ray_creates_opens_only_ssh_to_the_internet(cluster, monk
         from ray.autoscaler._private.aws import config as aws_config
 
         bootstrapped = aws_config._configure_security_group(aws_config._configure_subnet(_ray_up_checks(cluster)))
-        group_ids = {g for t in bootstrapped["available_node_types"].values() for g in t["node_config"]["SecurityGroupIds"]}
+        node_types = bootstrapped["available_node_types"].values()
+        group_ids = {g for t in node_types for g in t["node_config"]["SecurityGroupIds"]}
         groups = boto3.client("ec2", region_name=region).describe_security_groups(GroupIds=sorted(group_ids))
     assert [g["GroupName"] for g in groups["SecurityGroups"]] == [cluster["provider"]["security_group"]["GroupName"]]
 

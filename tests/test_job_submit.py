@@ -36,6 +36,8 @@ import yaml
 
 from tests.conftest import write_corpus
 
+pytestmark = pytest.mark.slow  # a whole cluster and five jobs: minutes, not seconds
+
 REPO = Path(__file__).resolve().parents[1]
 RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else "ray"
 GROUP, NAMESPACE = "jobs-test", "rag-job-submit-test"
@@ -44,9 +46,10 @@ GROUP, NAMESPACE = "jobs-test", "rag-job-submit-test"
 # whatever the cluster's own environment says.
 RUNTIME_ENV = {"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
                             "RAY_DATA_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}}
-# Fractions of the cluster's 2 CPUs, so the retrieval group, a training worker and Ray Data fit at once.
-SMALL = ["--retrieval.group", GROUP, "--retrieval.namespace", NAMESPACE,
-         "--retrieval.actor_resources", "{retrieval_node: 1}", "--retrieval.actor_num_cpus", "0.25"]
+# The retrieval options of every job: docs/cluster.md's resource request, and a quarter CPU per actor so the
+# group, a training worker and Ray Data fit in the cluster's 2 CPUs at once.
+RETRIEVAL = ["--retrieval.group", GROUP, "--retrieval.namespace", NAMESPACE,
+             "--retrieval.actor_resources", "{retrieval_node: 1}", "--retrieval.actor_num_cpus", "0.25"]
 
 
 def _free_port() -> int:
@@ -56,42 +59,53 @@ def _free_port() -> int:
 
 
 @dataclass
+class SubmittedJob:
+    id: str
+    logs: str  # the job's own output (driver and the actors/tasks it started), start to end
+
+
+@dataclass
 class JobCluster:
     address: str  # the Jobs API, as `ray job submit --address` takes it
     gcs_address: str
-    env: dict  # environment of every client command (token, no RAY_ADDRESS)
-    temp_dir: Path
+    token: str
+    env: dict  # environment of every client command (the token, no RAY_ADDRESS)
 
     def run(self, *args: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess:
         proc = subprocess.run([RAY, *args], cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and proc.returncode != 0:
-            pytest.fail(f"`ray {' '.join(args)}` exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+            pytest.fail(f"`ray {' '.join(args)}` exited {proc.returncode}:\n"
+                        f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
-    def submit(self, *entrypoint: str, timeout: float = 150, expect: str = "succeeded") -> "SubmittedJob":
-        """`ray job submit --working-dir .` as docs/cluster.md runs it; waits, streaming the job's logs."""
+    def api(self, path: str):
+        """GET the Jobs REST API (what the `ray job` commands call), with the cluster's token."""
+        request = urllib.request.Request(f"{self.address}{path}", headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            return json.loads(response.read())
+
+    def submit(self, *entrypoint: str, timeout: float = 150) -> SubmittedJob:
+        """`ray job submit --working-dir .` as docs/cluster.md runs it, then wait for the job to end.
+
+        --no-wait and polling rather than the command's own log tail: that websocket can drop on a
+        loaded machine and end the command early, which says nothing about the job.
+        """
         job_id = f"rag-test-{uuid.uuid4().hex[:8]}"
-        command = ["job", "submit", "--address", self.address, "--submission-id", job_id, "--working-dir", ".",
-                   "--runtime-env-json", json.dumps(RUNTIME_ENV), "--", *entrypoint]
-        try:
-            proc = self.run(*command, timeout=timeout, check=False)  # exits 1 when the job fails
-        except subprocess.TimeoutExpired:
-            self.run("job", "stop", "--address", self.address, job_id, check=False)
-            logs = self.run("job", "logs", "--address", self.address, job_id, check=False).stdout
-            pytest.fail(f"job {' '.join(entrypoint)} still running after {timeout}s; logs:\n{logs[-4000:]}")
-        output = proc.stdout + proc.stderr
-        if f"Job '{job_id}' {expect}" not in output:
-            status = self.run("job", "status", "--address", self.address, job_id, check=False)
-            logs = self.run("job", "logs", "--address", self.address, job_id, check=False)
-            pytest.fail(f"job {' '.join(entrypoint)}: expected {expect}, got\n{status.stdout}{status.stderr}\n"
-                        f"logs:\n{logs.stdout[-6000:]}\nsubmit output:\n{output[-3000:]}")
-        return SubmittedJob(job_id, proc.stdout)
-
-
-@dataclass
-class SubmittedJob:
-    id: str
-    logs: str  # what `ray job submit` streamed: the job's own output, start to end
+        self.run("job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
+                 "--working-dir", ".", "--runtime-env-json", json.dumps(RUNTIME_ENV), "--", *entrypoint)
+        deadline, status = time.monotonic() + timeout, "PENDING"
+        while status not in ("SUCCEEDED", "FAILED", "STOPPED"):
+            if time.monotonic() > deadline:
+                self.run("job", "stop", "--address", self.address, job_id, check=False)
+                break
+            time.sleep(1)
+            try:
+                status = self.api(f"/api/jobs/{job_id}")["status"]
+            except (urllib.error.URLError, TimeoutError):
+                pass  # a busy dashboard: ask again
+        logs = self.api(f"/api/jobs/{job_id}/logs")["logs"]
+        assert status == "SUCCEEDED", f"job {' '.join(entrypoint)}: {status} ({timeout}s limit); logs:\n{logs[-6000:]}"
+        return SubmittedJob(job_id, logs)
 
 
 def _client_env(token: str) -> dict:
@@ -121,8 +135,6 @@ def _stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
     """SIGTERM to `ray start --block` stops exactly its node's processes; then sweep what names our temp dir."""
     import psutil
 
-    started = time.perf_counter()
-
     if head.poll() is None:
         head.send_signal(signal.SIGTERM)
         try:
@@ -139,7 +151,6 @@ def _stop_head(head: subprocess.Popen, temp_dir: Path) -> None:
         except psutil.Error:
             pass
     psutil.wait_procs(leftovers, timeout=10)
-    print(f"cluster stopped in {time.perf_counter() - started:.1f}s; {len(leftovers)} leftover processes killed")
 
 
 @pytest.fixture(scope="module")
@@ -150,6 +161,7 @@ def job_cluster():
     env = _client_env(token)
     gcs_port, dashboard_port = _free_port(), _free_port()
     log = temp_dir.with_suffix(".log")
+    log_file = log.open("w")
     head = subprocess.Popen(
         [RAY, "start", "--head", "--block", f"--port={gcs_port}", "--node-ip-address=127.0.0.1",
          "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}", "--include-dashboard=true",
@@ -157,14 +169,16 @@ def job_cluster():
          # Ports with fixed defaults would clash with another cluster on this machine:
          f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
          "--disable-usage-stats", f"--temp-dir={temp_dir}"],
-        cwd=REPO, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=REPO, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**env, "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"},  # SIGTERM stops at once, as `ray stop` does
     )
-    cluster = JobCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", env, temp_dir)
+    cluster = JobCluster(f"http://127.0.0.1:{dashboard_port}", f"127.0.0.1:{gcs_port}", token, env)
     try:
         _wait_for_dashboard(cluster.address, token, head, log)
         yield cluster
     finally:
         _stop_head(head, temp_dir)
+        log_file.close()
         shutil.rmtree(temp_dir, ignore_errors=True)
         log.unlink(missing_ok=True)
 
@@ -185,8 +199,9 @@ def built_index(job_cluster, tmp_path_factory):
 def retrieval_group(job_cluster, built_index):
     """The group started by a `ray job submit` of `jobs/retrieval_service.py start`; returns that job."""
     directory, _ = built_index
+    # Nothing to tear down: the group goes with the module's cluster.
     return job_cluster.submit("python", "jobs/retrieval_service.py", "start", "--index.directory", str(directory),
-                              *SMALL, timeout=90)  # nothing to tear down: the module's cluster goes, and the group with it
+                              *RETRIEVAL, timeout=90)
 
 
 def _members(logs: str) -> list[dict]:
@@ -211,8 +226,9 @@ def test_build_index_job_writes_the_index_directory(job_cluster, built_index):
     manifest = json.loads((directory / "manifest.json").read_text())
     assert manifest["count"] >= 30  # every document, long ones split into several passages
     # The same job as `ray job status` / `ray job logs` see it afterwards.
-    assert f"Job '{job.id}' succeeded" in job_cluster.run("job", "status", "--address", job_cluster.address, job.id).stdout
-    assert f"[build_index] wrote {directory}" in job_cluster.run("job", "logs", "--address", job_cluster.address, job.id).stdout
+    address = ["--address", job_cluster.address]
+    assert f"Job '{job.id}' succeeded" in job_cluster.run("job", "status", job.id, *address).stdout
+    assert f"[build_index] wrote {directory}" in job_cluster.run("job", "logs", job.id, *address).stdout
 
 
 def test_retrieval_service_start_job_holds_retrieval_node_resources(job_cluster, retrieval_group, built_index):
@@ -225,7 +241,7 @@ def test_retrieval_service_start_job_holds_retrieval_node_resources(job_cluster,
 
 def test_retrieval_service_status_job_finds_the_group_from_another_job(job_cluster, retrieval_group, built_index):
     directory, _ = built_index
-    members = _members(job_cluster.submit("python", "jobs/retrieval_service.py", "status", *SMALL, timeout=60).logs)
+    members = _members(job_cluster.submit("python", "jobs/retrieval_service.py", "status", *RETRIEVAL, timeout=60).logs)
     assert len(members) == 1 and "error" not in members[0]
     assert members[0]["count"] == json.loads((directory / "manifest.json").read_text())["count"]
 
@@ -238,27 +254,31 @@ def test_finetune_job_trains_against_the_running_group(job_cluster, retrieval_gr
     directory, _ = built_index
     corpus = directory.parent / "documents.jsonl"
     work = tmp_path_factory.mktemp("finetune")
-    demo = ensure_demo_data(work / "demo")  # its tiny BART generator and QA files; the index is the test corpus
+    demo = ensure_demo_data(work / "demo")  # for its tiny BART generator and QA rows; the index is the test corpus
+    qa = {}
+    for split, rows in (("train", 8), ("dev", 4)):
+        qa[split] = work / f"{split}.jsonl"
+        qa[split].write_text("".join(getattr(demo, split).read_text().splitlines(keepends=True)[:rows]))
     tiny = work / "tiny.yaml"
     tiny.write_text(yaml.safe_dump({
         "knowledge_base": {"documents": str(corpus)},
         "index": {"directory": str(directory)},
         "retrieval": {"keep_running": True},
         "model": {"generator": str(demo.generator), "n_docs": 2},
-        "data": {"train": str(demo.train), "dev": str(demo.dev), "test": str(demo.test)},
+        "data": {"train": str(qa["train"]), "dev": str(qa["dev"]), "test": str(qa["dev"])},
         "train": {"output_dir": str(work / "run"), "batch_size": 2, "cpus_per_worker": 0.5, "warmup_steps": 0,
                   "eval_max_examples": 4},
     }))
-    job = job_cluster.submit("python", "jobs/finetune.py", "--config", str(tiny), *SMALL,
+    job = job_cluster.submit("python", "jobs/finetune.py", "--config", str(tiny), *RETRIEVAL,
                              "--train.max_steps", "2", "--train.num_workers", "1", "--train.epochs", "1", timeout=240)
     assert "[finetune] final model:" in job.logs
-    assert (work / "run" / "model").is_dir()
+    assert (work / "run" / "model").is_dir() and (work / "run" / "metrics.json").is_file()
     assert f"retrieval group {GROUP!r}: 1 actors" in job.logs
     # Still one actor on the retrieval resource: training used the group an earlier job started, not a new one.
     assert "1.0/4.0 retrieval_node" in job_cluster.run("status", "--address", job_cluster.gcs_address).stdout
 
 
 def test_retrieval_service_stop_job_tears_the_group_down(job_cluster, retrieval_group):
-    logs = job_cluster.submit("python", "jobs/retrieval_service.py", "stop", *SMALL, timeout=60).logs
+    logs = job_cluster.submit("python", "jobs/retrieval_service.py", "stop", *RETRIEVAL, timeout=60).logs
     assert f"stopped 1 actors of group {GROUP!r}" in logs
     assert "0.0/4.0 retrieval_node" in job_cluster.run("status", "--address", job_cluster.gcs_address).stdout

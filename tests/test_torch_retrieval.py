@@ -7,7 +7,7 @@ import pytest
 import torch.multiprocessing as mp
 
 from pipeline.config import RetrievalConfig
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, RetrievalError
 from pipeline.index.manifest import read_manifest
 from pipeline.retrieval.factory import make_retriever
 from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
@@ -29,7 +29,11 @@ def _rank_main(rank: int, world: int, init_file: str, index_dir: str, batches: l
         retriever = make_retriever("torch", index_dir, RetrievalConfig(), rank)
         assert retriever.dimension == read_manifest(index_dir).dimension
         for step, queries in enumerate(batches[rank]):
-            result = retriever.retrieve(queries, k)
+            try:
+                result = retriever.retrieve(queries, k)
+            except RetrievalError as e:
+                np.savez(f"{out_dir}/rank{rank}_step{step}.npz", error=str(e))
+                continue
             np.savez(f"{out_dir}/rank{rank}_step{step}.npz", ids=result.ids, scores=result.scores,
                      vectors=result.vectors, titles=np.array(result.titles, dtype=object).reshape(len(queries), k),
                      texts=np.array(result.texts, dtype=object).reshape(len(queries), k))
@@ -48,13 +52,20 @@ def _run_torch_ranks(index_dir, batches: list[list[np.ndarray]], k: int, tmp_pat
 
 
 def test_torch_mode_gathers_uneven_batches_and_scatters_each_rank_its_rows(flat_index, tmp_path):
-    # Rank 0 asks 3 then 0 questions, rank 1 asks 5 then 2: uneven and empty batches in one collective.
-    batches = [[_queries(flat_index, 3, 0), _queries(flat_index, 0, 1)],
-               [_queries(flat_index, 5, 2), _queries(flat_index, 2, 3)]]
+    # Rank 0 asks 3, 0, 2, 1 questions, rank 1 asks 5, 2, (a wrong dimension), 4: uneven and empty batches
+    # in one collective; the bad call fails on BOTH ranks (no hang) and the next call works again.
+    batches = [[_queries(flat_index, 3, 0), _queries(flat_index, 0, 1), _queries(flat_index, 2, 4),
+                _queries(flat_index, 1, 5)],
+               [_queries(flat_index, 5, 2), _queries(flat_index, 2, 3), np.zeros((2, 16), np.float32),
+                _queries(flat_index, 4, 6)]]
     got = _run_torch_ranks(flat_index, batches, 4, tmp_path)
+    assert "rank 1 made a bad retrieve call" in str(got[0][2]["error"])
+    assert "rank 1: question vectors have shape (2, 16); the index has dimension 384" in str(got[1][2]["error"])
     local = LocalRetriever(flat_index)
     for rank in range(2):
         for step, queries in enumerate(batches[rank]):
+            if step == 2:
+                continue
             mine = got[rank][step]
             assert mine["ids"].shape == (len(queries), 4) and mine["vectors"].shape == (len(queries), 4, 384)
             if not len(queries):
@@ -84,3 +95,29 @@ def test_ray_torch_and_local_modes_retrieve_identical_ids(flat_index, ray_cluste
 def test_unknown_mode_is_a_config_error(flat_index):
     with pytest.raises(ConfigError, match=r"retrieval.mode: 'grpc' is not one of ray, torch, local"):
         make_retriever("grpc", str(flat_index), RetrievalConfig(), 0)
+
+
+def test_concurrent_calls_to_one_actor_are_merged_yet_each_gets_its_own_rows(flat_index, ray_cluster):
+    import ray
+
+    from pipeline.errors import RetrievalError
+    from pipeline.retrieval.group import actor_name
+
+    cfg = RetrievalConfig(group="merge", namespace=TEST_NAMESPACE, actor_num_cpus=0.1, max_concurrency=4)
+    start_retrieval_group(str(flat_index), cfg)
+    try:
+        actor = ray.get_actor(actor_name(cfg.group, 0, 0), namespace=TEST_NAMESPACE)
+        shard = LocalRetriever(flat_index).shards[0]
+        calls = [(_queries(flat_index, n, seed), k) for seed, (n, k) in enumerate([(3, 4), (1, 4), (5, 2), (2, 4)] * 3)]
+        bad = actor.search.remote(np.zeros((2, 16), np.float32), 4)  # fails alone, not the calls merged with it
+        futures = [actor.search.remote(q, k) for q, k in calls]
+        for (queries, k), result in zip(calls, ray.get(futures)):
+            expected = shard.search(queries, k)
+            np.testing.assert_array_equal(result.ids, expected.ids)
+            np.testing.assert_array_equal(result.vectors, expected.vectors)
+            assert result.texts == expected.texts
+        with pytest.raises(ray.exceptions.RayTaskError) as error:
+            ray.get(bad)
+        assert isinstance(error.value.cause, RetrievalError) and "expects [B, 384]" in str(error.value.cause)
+    finally:
+        stop_retrieval_group(cfg.group, cfg.namespace)

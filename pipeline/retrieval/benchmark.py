@@ -28,7 +28,7 @@ import ray
 
 from pipeline.config import RetrievalConfig
 from pipeline.index.manifest import MANIFEST, PASSAGES, VECTORS, IndexManifest, read_manifest, shard_file
-from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group import group_status, start_retrieval_group, stop_retrieval_group
 
 
 @dataclass
@@ -39,6 +39,8 @@ class BenchmarkSpec:
     batch: int = 8                # questions per worker per call
     k: int = 5                    # passages per question
     workers: list = field(default_factory=lambda: [1, 2, 4])
+    modes: str = "local,torch,ray"  # which of the three to run
+    floor_every_w: bool = False   # in-process floor at every W (each worker searching for itself), not just the first
     actors: list = field(default_factory=lambda: [1, 2, 4])
     calls: int = 100              # timed calls per configuration
     warmup: int = 3               # untimed calls first
@@ -166,24 +168,32 @@ def run_benchmark(spec: BenchmarkSpec, index_dir: str, log=print) -> dict:
         for world in spec.workers:
             workers = _start_workers(world)
             try:
-                configs = [("local", None, local_cfg), ("torch", None, local_cfg)]
-                configs += [("ray", r, asdict(groups[r])) for r in spec.actors]
+                modes = spec.modes.split(",")
+                floor = "local" in modes and (spec.floor_every_w or world == spec.workers[0])
+                configs = [("local", None, local_cfg)] if floor else []
+                configs += [("torch", None, local_cfg)] if "torch" in modes else []
+                configs += [("ray", r, asdict(groups[r])) for r in spec.actors if "ray" in modes]
                 for mode, actors, cfg in configs:
                     started = time.perf_counter()
                     seconds = ray.get([w.run.remote(mode, index_dir, cfg, asdict(spec)) for w in workers])[0]
-                    row = {"workers": world, "mode": mode, "actors": actors, **summarize(seconds)}
+                    row = {"workers": world, "mode": mode, "actors": actors, **summarize(seconds),
+                           "load_1m": round(os.getloadavg()[0], 2)}  # other load on the machine skews the numbers
                     results.append(row)
                     log(f"[benchmark] W={world} {_label(row):<14} median {row['median_s'] * 1e3:8.2f} ms  "
                         f"p10 {row['p10_s'] * 1e3:8.2f}  p90 {row['p90_s'] * 1e3:8.2f}  "
-                        f"({time.perf_counter() - started:.0f}s)")
+                        f"({time.perf_counter() - started:.0f}s, load {row['load_1m']:.1f})")
             finally:
                 ray.get([w.leave.remote() for w in workers])
                 for w in workers:
                     ray.kill(w)
+        # How many searches served how many calls (fewer searches: concurrent calls were merged).
+        actors = {r: [{key: m.get(key) for key in ("replica", "calls", "searches")}
+                      for m in group_status(cfg.group, cfg.namespace)] for r, cfg in groups.items()}
     finally:
         for cfg in groups.values():
             stop_retrieval_group(cfg.group, cfg.namespace)
-    return {"spec": asdict(spec), "machine": machine_info(), "results": results, "ratios": target_ratios(results)}
+    return {"spec": asdict(spec), "machine": machine_info(), "results": results, "ratios": target_ratios(results),
+            "actors": actors}
 
 
 def _label(row: dict) -> str:
@@ -237,7 +247,10 @@ def write_report(report: dict, output_dir: str | Path) -> tuple[Path, Path]:
 
     results = report["results"]
     workers = sorted({r["workers"] for r in results})
-    labels = ["torch"] + [f"ray-{a}" for a in report["spec"]["actors"]] + ["in-process"]
+    labels = ["torch"] + [f"ray-{a}" for a in report["spec"]["actors"]]
+    floors = [r for r in results if r["mode"] == "local"]
+    if len(floors) > 1:  # measured at every W: bars; else one line (the floor does not depend on W)
+        labels.append("in-process")
     width = 0.8 / len(labels)
     fig, ax = plt.subplots(figsize=(8, 4.5))
     for i, label in enumerate(labels):
@@ -245,9 +258,12 @@ def write_report(report: dict, output_dir: str | Path) -> tuple[Path, Path]:
         xs = [j + (i - (len(labels) - 1) / 2) * width for j, r in enumerate(rows) if r]
         med = [r["median_s"] for r in rows if r]
         err = [[r["median_s"] - r["p10_s"] for r in rows if r], [r["p90_s"] - r["median_s"] for r in rows if r]]
-        name = {"torch": "torch.distributed (rank 0)", "in-process": "in-process FAISS (floor)"}.get(
+        name = {"torch": "torch.distributed (rank 0 gathers)", "in-process": "in-process FAISS (floor)"}.get(
             label, label.replace("ray-", "Ray, ") + " retrieval actor(s)")
         ax.bar(xs, med, width, yerr=err, capsize=2, label=name)
+    if len(floors) == 1:
+        ax.axhline(floors[0]["median_s"], color="black", linestyle="--", linewidth=1,
+                   label=f"in-process FAISS, same batch (floor, {floors[0]['workers']} worker)")
     ax.set_xticks(range(len(workers)), [str(w) for w in workers])
     ax.set_xlabel("training workers")
     ax.set_ylabel("seconds per retrieval call (rank 0, median)")

@@ -120,7 +120,8 @@ class RetrievalActor:
             "index_dir": str(self.searcher.index_dir), "shard": self.searcher.shard, "replica": self.replica,
             "num_shards": manifest.num_shards, "count": manifest.count, "dimension": manifest.dimension,
             "shard_size": self.searcher.end - self.searcher.start, "factory": manifest.factory,
-            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "calls": self.calls, "searches": self.searches,
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
+            "calls": self.calls, "searches": self.searches,
             "load_s": round(self.load_s, 3), "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
 

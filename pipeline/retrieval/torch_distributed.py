@@ -50,24 +50,31 @@ class TorchDistributedRetriever:
 
     def retrieve(self, vectors: np.ndarray, k: int) -> RetrievalResult:
         """Top-k passages for this rank's float32[B, d] question vectors (collective: all ranks call together)."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
-            raise RetrievalError(f"question vectors have shape {vectors.shape}; the index has dimension {self.dimension}")
-        if not 1 <= k <= self.count:
-            raise RetrievalError(f"k={k} but the index holds {self.count} passages")
         started = time.perf_counter()
-        sizes = self._all_sizes(len(vectors), k)
-        queries = self._gather_queries(vectors, sizes)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        problem = ""
+        if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
+            problem = f"question vectors have shape {vectors.shape}; the index has dimension {self.dimension}"
+        elif not 1 <= k <= self.count:
+            problem = f"k={k} but the index holds {self.count} passages"
+        sizes = self._all_sizes(0 if problem else len(vectors), k, problem)
+        queries = self._gather_queries(np.ascontiguousarray(vectors), sizes)
         payloads = self._search_and_split(queries, sizes, k) if self.rank == self.src else None
         result = self._scatter_payloads(payloads)
         self.last_call_s = time.perf_counter() - started
         return result
 
-    def _all_sizes(self, batch: int, k: int) -> list[int]:
-        """Every rank's batch size; also refuses a call where ranks disagree on k (they would mis-slice)."""
-        mine = torch.tensor([batch, k], dtype=torch.int64)
-        everyone = [torch.empty(2, dtype=torch.int64) for _ in range(self.world)]
+    def _all_sizes(self, batch: int, k: int, problem: str) -> list[int]:
+        """Every rank's batch size. A bad call on any rank (shape, k, k differing between ranks) raises on
+        EVERY rank, after this one exchange: raising alone would leave the others waiting forever."""
+        mine = torch.tensor([batch, k, 0 if problem else 1], dtype=torch.int64)
+        everyone = [torch.empty(3, dtype=torch.int64) for _ in range(self.world)]
         dist.all_gather(everyone, mine, group=self.group)
+        if problem:
+            raise RetrievalError(f"rank {self.rank}: {problem}")
+        bad = [r for r, t in enumerate(everyone) if not t[2]]
+        if bad:
+            raise RetrievalError(f"rank {bad[0]} made a bad retrieve call (see its error); every rank stops")
         ks = {int(t[1]) for t in everyone}
         if len(ks) != 1:
             raise RetrievalError(f"ranks called retrieve with different k {sorted(ks)}; k must be equal on all ranks")

@@ -1,0 +1,34 @@
+"""ASK: one question -> the fine-tuned model's answer and the passages it was generated from.
+
+    python jobs/ask.py "Where was Brenlon Damla born?"
+    python jobs/ask.py --model runs/x/finetune/model --retrieval.mode local "Who founded Vodas Works?"
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
+
+from jobs.evaluate import open_retriever  # noqa: E402
+from pipeline.config import build_parser, parse_config  # noqa: E402
+from pipeline.errors import run_job  # noqa: E402
+from pipeline.rag_model import load_rag_model  # noqa: E402
+from pipeline.rag_with_retrieval import RagWithRetrieval  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = build_parser(__doc__)
+    parser.add_argument("question", help="The question to answer.")
+    parser.add_argument("--model", help="Saved model directory (default: <train.output_dir>/model).")
+    config, args = parse_config(argv, __doc__, parser=parser)
+    rag = RagWithRetrieval(load_rag_model(args.model or Path(config.train.output_dir) / "model"),
+                           open_retriever(config), config.model)
+    answers, hits = rag.answer([args.question])
+    print(f"answer: {answers[0]}")
+    for rank, (title, text, score) in enumerate(zip(hits.titles[0], hits.texts[0], hits.scores[0]), start=1):
+        print(f"  [{rank}] {score:.3f} {title}: {text[:160]}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main)

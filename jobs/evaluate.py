@@ -1,0 +1,58 @@
+"""EVALUATE: a fine-tuned RAG model on a QA file -> metrics (printed, JSON) + predictions (jsonl).
+
+    python jobs/evaluate.py                                   # the demo's model on the demo's test split
+    python jobs/evaluate.py --model runs/x/finetune/model --qa_file data/test.jsonl --predictions preds.jsonl
+
+Retrieval uses `retrieval.mode`: the running group (`ray`, started if missing) or the index in-process (`local`).
+"""
+
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
+
+from pipeline.config import build_parser, parse_config  # noqa: E402
+from pipeline.demo_defaults import fill_demo_defaults  # noqa: E402
+from pipeline.errors import run_job  # noqa: E402
+from pipeline.evaluation import evaluate_model  # noqa: E402
+from pipeline.qa_data import load_qa_examples  # noqa: E402
+
+
+def main(argv=None) -> int:
+    parser = build_parser(__doc__)
+    parser.add_argument("--model", help="Saved model directory (default: <train.output_dir>/model).")
+    parser.add_argument("--qa_file", help="QA file to score (default: data.test).")
+    parser.add_argument("--predictions", help="Where to write predictions jsonl (default: next to the model).")
+    parser.add_argument("--limit", type=int, default=-1, help="Score only the first N examples.")
+    config, args = parse_config(argv, __doc__, parser=parser)
+    fill_demo_defaults(config)
+    model_dir = Path(args.model or Path(config.train.output_dir) / "model")
+    qa_file = args.qa_file or config.data.test
+    examples = load_qa_examples(qa_file, config.data, limit=args.limit)
+    retriever = open_retriever(config)
+    metrics, rows = evaluate_model(str(model_dir), examples, retriever, config.model)
+    out = Path(args.predictions or model_dir.parent / f"predictions_{Path(qa_file).stem}.jsonl")
+    out.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    (out.with_suffix(".metrics.json")).write_text(json.dumps(metrics, indent=2))
+    print(json.dumps(metrics, indent=2))
+    print(f"[evaluate] {len(rows)} predictions -> {out}")
+    return 0
+
+
+def open_retriever(config):
+    """The retriever for a single-process job: the Ray group (started if missing) or the index in-process."""
+    from pipeline.retrieval.factory import make_retriever
+
+    if config.retrieval.mode == "ray":
+        from pipeline.ray_session import connect_ray
+        from pipeline.retrieval.group import start_retrieval_group
+
+        connect_ray()
+        start_retrieval_group(config.index.directory, config.retrieval)
+        return make_retriever("ray", config.index.directory, config.retrieval, rank=0)
+    return make_retriever("local", config.index.directory, config.retrieval, rank=0)
+
+
+if __name__ == "__main__":
+    run_job(main)

@@ -1,0 +1,43 @@
+"""TUNE: a Ray Tune sweep over whole fine-tuning runs, every trial sharing ONE index and retrieval group.
+
+    python jobs/tune.py                                   # 2 trials on the bundled demo (train.lr x label smoothing)
+    python jobs/tune.py --config configs/my_sweep.yaml --tune.num_samples 8 --tune.max_concurrent_trials 2
+    ray job submit --working-dir . -- python jobs/tune.py --config configs/my_sweep.yaml
+
+A trial is one TorchTrainer fine-tuning run with its sampled overrides (tune.search_space: dotted keys ->
+{uniform|loguniform: [lo, hi]}, {choice: [...]} or {randint: [lo, hi)}); ASHA stops weak trials on the
+per-epoch tune.metric. The index is built and the retrieval group started once, before the first trial.
+Under tune.output_dir: results.csv/.json, a per-epoch plot, best_config.yaml (for finetune.py --config)
+and best_model/. Running the same command again resumes an interrupted sweep; finished trials are kept.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
+
+from pipeline.config import parse_config  # noqa: E402
+from pipeline.errors import run_job  # noqa: E402
+from pipeline.ray_session import connect_ray  # noqa: E402
+from pipeline.sweep_config import check_sweep_config  # noqa: E402
+from pipeline.sweep_results import format_trials  # noqa: E402
+from pipeline.training import stop_group_unless_kept  # noqa: E402
+from pipeline.tuning import run_tune  # noqa: E402
+
+
+def main(argv=None) -> int:
+    config, _ = parse_config(argv, __doc__)
+    check_sweep_config(config)  # bad search space or metric: fail before starting Ray
+    connect_ray()
+    try:
+        result = run_tune(config)
+    finally:
+        stop_group_unless_kept(config)
+    print(format_trials(result.trials, config.tune.metric, result.best["trial_id"]))
+    for name, path in result.files.items():
+        print(f"[tune] {name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_job(main)

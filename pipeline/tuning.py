@@ -1,0 +1,216 @@
+"""TUNE: a Ray Tune sweep whose every trial is one whole fine-tuning run, all trials sharing ONE retrieval group.
+
+    run_tune(cfg)
+      check_sweep_config(cfg)            bad keys, distributions or metric: ConfigError before anything starts
+      prepare_run(cfg)                   ONCE: demo defaults, checks, index build, retrieval group, train dataset
+      Tuner(train_trial, ASHA on the per-epoch reports, search space -> {"overrides": {dotted key: value}})
+        train_trial(config)              a trial = the driver (~0 CPUs) of one TorchTrainer run
+          TorchTrainer(train_loop_per_worker, callbacks=[TuneReportCallback()])   epoch metrics -> Tune
+      write_sweep_results(...)           results CSV/JSON/PNG, best_config.yaml, best_model/
+
+This is the Ray Train V2 pattern ("Hyperparameter Tuning with Ray Tune" in the Ray Train user guide): the Tune
+function instantiates the trainer and calls fit(); `ray.tune.integration.ray_train.TuneReportCallback` hands
+rank 0's reports (plus `checkpoint_path`) to Tune; each Train run is named by its trial, so a restored sweep
+resumes unfinished runs from their checkpoints; `max_concurrent_trials` keeps waiting Train drivers from
+piling up. Trials find the retrieval group by name (retrieval.mode ray): no trial loads an index.
+
+Layout of tune.output_dir:
+    sweep/                 the Tune experiment (restored when present)
+    trials/<trial id>/     each trial's train.output_dir (its Train run, checkpoints)
+    results.csv, results.json, <metric>_per_epoch.png, best_config.yaml, best_model/, sweep_config.yaml
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pipeline.config import RunConfig, apply_overrides, config_from_dict
+from pipeline.errors import ConfigError, unwrap_pipeline_error
+from pipeline.sweep_config import (TRIAL_DRIVER_CPUS, check_sweep_config, concurrent_trials, max_epochs,
+                                   reported_metrics, to_tune_domains)
+
+SWEEP_NAME = "sweep"
+SWEEP_CONFIG = "sweep_config.yaml"
+
+
+# ----------------------------------------------------------------------------- one trial
+
+def train_trial(trial_config: dict, base: dict, train_dataset, train_examples: int, pooling: str,
+                trials_dir: str) -> None:
+    """One Tune trial: fine-tune `base` + trial_config["overrides"] (dotted keys) as one TorchTrainer run.
+
+    Runs as the Train driver inside the trial actor. Its per-epoch reports reach Tune via TuneReportCallback.
+    """
+    import ray.tune
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from pipeline.training import steps_per_epoch, train_loop_per_worker
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
+    cfg.train.output_dir = str(Path(trials_dir) / trial_id)
+    t = cfg.train
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(train_examples, t),
+                           "pooling": pooling},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        # Same layout as finetune.py's output_dir; (storage_path, name) fixed per trial, so a restarted
+        # trial resumes its Train run from the latest checkpoint instead of starting over.
+        run_config=TrainRunConfig(
+            name="finetune", storage_path=str(Path(t.output_dir) / "ray_train"),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2),
+            callbacks=[TuneReportCallback()],
+        ),
+        datasets={"train": train_dataset},
+    )
+    trainer.fit()
+
+
+def _plain(overrides: dict) -> dict:
+    """Sampled numpy scalars (tune.randint gives np.int64) as Python values, which set_key accepts."""
+    return {key: value.item() if hasattr(value, "item") else value for key, value in overrides.items()}
+
+
+# ----------------------------------------------------------------------------- the sweep
+
+@dataclass
+class SweepResult:
+    trials: list[dict]  # per trial: trial_id, status, overrides, metrics (last report), checkpoint_path, history
+    best: dict  # the row of the best trial
+    output_dir: Path
+    files: dict[str, Path]  # results_csv, results_json, plot, best_config, best_model
+    scheduler: Any  # the ASHA scheduler the sweep runs under
+    restored: bool  # True when an earlier sweep in output_dir was resumed
+
+
+def make_scheduler(cfg: RunConfig, space: dict):
+    """ASHA over epochs: a trial may be stopped at grace_period, grace_period x 4, ... epochs (metric/mode from the Tuner)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    # "epoch" rather than training_iteration: a Train run resumed from a checkpoint reports its true epoch.
+    return ASHAScheduler(time_attr="epoch", max_t=max_epochs(cfg, space), grace_period=cfg.tune.grace_period)
+
+
+def run_tune(cfg: RunConfig) -> SweepResult:
+    """Sweep cfg.tune.search_space over whole fine-tuning runs on a connected Ray; resumes a sweep left in output_dir.
+
+    Validates everything first (ConfigError before any trial), prepares the index and retrieval group once,
+    then writes the results, the best config and the best model under cfg.tune.output_dir.
+    """
+    import ray
+    from ray import tune
+
+    from pipeline.retrieval.group import list_members
+    from pipeline.sweep_results import write_sweep_results
+    from pipeline.training import prepare_run
+
+    space = check_sweep_config(cfg)
+    prepared = prepare_run(cfg)  # once for every trial; fills demo paths and makes them absolute
+    out = Path(cfg.tune.output_dir).resolve()
+    experiment = out / SWEEP_NAME
+    restored = tune.Tuner.can_restore(experiment)
+    _record_sweep_config(out, cfg, restored)
+
+    trainable = tune.with_resources(
+        tune.with_parameters(train_trial, base=cfg.to_dict(), train_dataset=prepared["train_dataset"],
+                             train_examples=prepared["train_examples"], pooling=prepared["pooling"],
+                             trials_dir=str(out / "trials")),
+        {"CPU": TRIAL_DRIVER_CPUS},
+    )
+    scheduler = make_scheduler(cfg, space)
+    if restored:
+        print(f"[tune] resuming the sweep in {experiment} (finished trials are not rerun)", flush=True)
+        tuner = tune.Tuner.restore(str(experiment), trainable=trainable)
+    else:
+        reserved = len(list_members(cfg.retrieval.group, cfg.retrieval.namespace)) * cfg.retrieval.actor_num_cpus
+        concurrent = concurrent_trials(cfg, space, ray.cluster_resources(), reserved)
+        print(f"[tune] {cfg.tune.num_samples} trials, {concurrent} at a time, ASHA on {cfg.tune.metric} "
+              f"({cfg.tune.mode}) per epoch, sharing retrieval group {cfg.retrieval.group!r}", flush=True)
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"overrides": to_tune_domains(space)},
+            tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler,
+                                        num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrent),
+            run_config=tune.RunConfig(name=SWEEP_NAME, storage_path=str(out)),
+        )
+    grid = tuner.fit()
+    rows = _trial_rows(grid, reported_metrics(cfg))
+    if not any(cfg.tune.metric in row["metrics"] for row in rows):
+        first = grid.errors[0] if grid.errors else None
+        if first is not None and unwrap_pipeline_error(first) is not first:
+            raise unwrap_pipeline_error(first)
+        raise RuntimeError(f"no trial reported {cfg.tune.metric}; see {experiment}" +
+                           (f" (first error: {str(first).splitlines()[0]})" if first else ""))
+    best_id = grid.get_best_result(cfg.tune.metric, cfg.tune.mode, scope="last").metrics["trial_id"]
+    best = next(row for row in rows if row["trial_id"] == best_id)
+    best_config = apply_overrides(cfg, best["overrides"])
+    best_config.train.output_dir = str(out / "best_finetune")  # a fresh run, not a resume of the trial's
+    files = write_sweep_results(out, rows, best, best_config, cfg.tune.metric)
+    return SweepResult(rows, best, out, files, scheduler, restored)
+
+
+def _trial_rows(grid, metric_names: list[str]) -> list[dict]:
+    """One plain dict per trial of a ResultGrid, in trial-id order."""
+    rows = []
+    for result in grid:
+        frame = result.metrics_dataframe
+        reports = [] if frame is None else frame.to_dict("records")
+        checkpoints = [r["checkpoint_path"] for r in reports if isinstance(r.get("checkpoint_path"), str)]
+        # A trial resumed by a restored sweep reports to Tune only the epochs after its checkpoint; the
+        # checkpoint's own history holds the earlier ones.
+        by_epoch = {h["epoch"]: h for h in (_checkpoint_history(checkpoints[-1]) if checkpoints else [])}
+        by_epoch.update({r["epoch"]: r for r in reports if r.get("epoch") == r.get("epoch")})  # NaN: no epoch
+        history = [{k: r[k] for k in metric_names if k in r and r[k] == r[k]} for _, r in sorted(by_epoch.items())]
+        rows.append({
+            "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
+            "status": "error" if result.error else "ok",
+            "overrides": _plain((result.config or {}).get("overrides", {})),
+            "metrics": history[-1] if history else {},
+            "checkpoint_path": checkpoints[-1] if checkpoints else None,
+            "history": history,
+            "error": str(result.error).splitlines()[0] if result.error else None,
+        })
+    return sorted(rows, key=lambda row: row["trial_id"])
+
+
+def _checkpoint_history(checkpoint_path: str) -> list[dict]:
+    """The per-epoch metrics the training loop saves in each checkpoint (read alone, not the whole checkpoint)."""
+    import ray.train
+
+    from pipeline.training import CHECKPOINT_HISTORY
+
+    checkpoint = ray.train.Checkpoint(checkpoint_path)
+    try:
+        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{CHECKPOINT_HISTORY}") as f:
+            return json.loads(f.read())
+    except (OSError, ValueError):
+        return []
+
+
+def _record_sweep_config(out: Path, cfg: RunConfig, restoring: bool) -> None:
+    """Write the sweep's config next to it; resuming a sweep under other settings is a ConfigError.
+
+    A restored sweep runs its saved search space and trials: other settings would mix two sweeps in one.
+    """
+    path = out / SWEEP_CONFIG
+    current = cfg.to_dict()
+    if restoring and path.is_file():
+        saved = yaml.safe_load(path.read_text())
+        changed = [f"{section}.{key}" for section, values in current.items() for key, value in values.items()
+                   if saved.get(section, {}).get(key) != value]
+        if changed:
+            raise ConfigError(f"tune.output_dir: {out} holds a sweep run with other settings ({', '.join(changed)} "
+                              f"differ); choose another tune.output_dir or delete it")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(current, sort_keys=False))

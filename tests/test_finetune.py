@@ -1,0 +1,129 @@
+"""TRAIN: Ray Data -> TorchTrainer (2 workers) -> retrieval group -> RAG loss, checkpoints, resume, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from pipeline.config import RunConfig, apply_overrides, parse_config
+from pipeline.errors import ConfigError, DataError, ModelLoadError
+from pipeline.qa_data import QATokenizer, check_qa_file, read_qa_dataset
+from pipeline.rag_model import load_rag_model
+from pipeline.retrieval.group import list_members, stop_retrieval_group
+from pipeline.training import prepare_run, run_finetune
+from tests.conftest import TEST_NAMESPACE
+
+
+def _config(tiny_demo, tmp_path, **overrides) -> RunConfig:
+    return apply_overrides(RunConfig(), {**tiny_demo, "train.output_dir": str(tmp_path / "run"),
+                                         "retrieval.group": "ft", **overrides})
+
+
+@pytest.fixture
+def stop_group():
+    yield
+    stop_retrieval_group("ft", TEST_NAMESPACE)
+
+
+def test_two_workers_train_against_the_group_and_export_a_hf_model(tiny_demo, tmp_path, stop_group):
+    cfg = _config(tiny_demo, tmp_path, **{"train.num_workers": 2, "train.epochs": 3, "train.profile": True})
+    result = run_finetune(cfg)
+    losses = [h["train_loss"] for h in result.history]
+    assert len(losses) == 3 and losses[-1] < losses[0]
+    steps_per_epoch = 48 // (4 * 2)
+    assert [h["step"] for h in result.history] == [steps_per_epoch, 2 * steps_per_epoch, 3 * steps_per_epoch]
+    assert result.history[-1]["dev_count"] == 8 and 0 <= result.history[-1]["dev_hit@k"] <= 1
+    assert result.history[-1]["retrieval_s_per_call"] > 0
+    assert [(m.shard, m.replica) for m in list_members("ft", TEST_NAMESPACE)] == [(0, 0)]
+    parts = load_rag_model(result.model_dir)
+    assert parts.model_type == "rag_sequence" and parts.pooling == "mean"
+    assert (result.model_dir / "question_encoder" / "config.json").is_file()
+    assert json.loads((tmp_path / "run" / "metrics.json").read_text()) == result.history
+
+
+def test_a_stopped_run_resumes_from_its_latest_checkpoint(tiny_demo, tmp_path, stop_group):
+    first = run_finetune(_config(tiny_demo, tmp_path, **{"train.num_workers": 1, "train.epochs": 1}))
+    steps = first.history[-1]["step"]
+    resumed = run_finetune(_config(tiny_demo, tmp_path, **{"train.num_workers": 1, "train.epochs": 2}))
+    assert [h["step"] for h in resumed.history] == [steps, 2 * steps]
+    assert resumed.history[0] == first.history[0]  # the first epoch was not trained again
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "source"])
+def test_every_qa_format_streams_through_ray_data_tokenized(ray_cluster, tiny_demo, tmp_path, fmt):
+    rows = [json.loads(line) for line in open(tiny_demo["data.dev"])]
+    path = tmp_path / f"qa.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    elif fmt == "parquet":
+        pd.DataFrame(rows).to_parquet(path)
+    elif fmt == "csv":
+        pd.DataFrame([{"question": r["question"], "answers": r["answers"][0]} for r in rows]).to_csv(path, index=False)
+    else:
+        path.write_text("".join(r["question"] + "\n" for r in rows))
+        path.with_suffix(".target").write_text("".join(r["answers"][0] + "\n" for r in rows))
+    cfg = RunConfig()
+    assert check_qa_file(path, cfg.data).valid == len(rows)
+    tokenizer = QATokenizer(tiny_demo["index.directory"] and _encoder(), tiny_demo["model.generator"], 32, 24)
+    batch = read_qa_dataset(path, cfg.data).map_batches(tokenizer, batch_format="numpy").take_batch(100)
+    assert sorted(batch["question"]) == sorted(r["question"] for r in rows)
+    assert batch["question_ids"].shape == (len(rows), 32) and batch["labels"].shape == (len(rows), 24)
+
+
+def _encoder() -> str:
+    from pipeline.encoders import default_encoder_path
+
+    return default_encoder_path()
+
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_bad_qa_rows_are_refused_with_file_and_row(ray_cluster, tiny_demo, tmp_path):
+    bad = _write(tmp_path / "bad.jsonl", [{"question": "q1?", "answers": ["a"]}, {"question": "q2?", "answers": []},
+                                          {"question": " ", "answers": ["c"]}])
+    cfg = _config(tiny_demo, tmp_path, **{"data.train": bad})
+    with pytest.raises(DataError, match=r"bad.jsonl:2: field 'answers' is missing or empty"):
+        prepare_run(cfg)
+    skipping = apply_overrides(cfg, {"data.skip_invalid": True})
+    report = check_qa_file(bad, skipping.data)
+    assert (report.valid, report.skipped) == (1, 2)
+
+
+def test_unknown_qa_columns_are_named(ray_cluster, tiny_demo, tmp_path):
+    bad = _write(tmp_path / "cols.jsonl", [{"query": "q?", "answers": ["a"]}])
+    with pytest.raises(DataError, match=r"cols.jsonl: missing column 'question'; found query, answers"):
+        prepare_run(_config(tiny_demo, tmp_path, **{"data.train": bad}))
+
+
+def test_unknown_config_key_is_an_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse_config(["--train.learning_rate", "1e-3"], "x")
+    assert exit_info.value.code == 2 and "unrecognized arguments: --train.learning_rate" in capsys.readouterr().err
+    config = tmp_path / "run.yaml"
+    config.write_text("train:\n  learning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: train.learning_rate: unknown key 'train.learning_rate'"):
+        parse_config(["--config", str(config)], "x")
+    config.write_text("train:\n  lr: fast\n")
+    with pytest.raises(ConfigError, match=r"run.yaml: train.lr: expected float, got 'fast'"):
+        parse_config(["--config", str(config)], "x")
+
+
+def test_missing_generator_tokenizer_fails_before_training(ray_cluster, tiny_demo, tmp_path):
+    with pytest.raises(ModelLoadError, match=r"model.generator '.*no_such_generator': cannot load"):
+        prepare_run(_config(tiny_demo, tmp_path, **{"model.generator": str(tmp_path / "no_such_generator")}))
+
+
+def test_question_encoder_of_another_dimension_fails_before_training(ray_cluster, tiny_demo, tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    other = tmp_path / "encoder32"
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64)).save_pretrained(other)
+    AutoTokenizer.from_pretrained(_encoder()).save_pretrained(other)
+    with pytest.raises(ModelLoadError, match=r"gives 32-dim vectors but index .* was built with dimension 384"):
+        prepare_run(_config(tiny_demo, tmp_path, **{"model.question_encoder": str(other)}))
