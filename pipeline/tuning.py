@@ -14,7 +14,7 @@ rank 0's reports (plus `checkpoint_path`) to Tune; each Train run is named by it
 resumes unfinished runs from their checkpoints; `max_concurrent_trials` keeps waiting Train drivers from
 piling up. Trials find the retrieval group by name (retrieval.mode ray): no trial loads an index.
 
-Layout of tune.output_dir:
+Layout of tune.output_dir (on a multi-node cluster, storage every node sees, as train.output_dir is):
     sweep/                 the Tune experiment (restored when present)
     trials/<trial id>/     each trial's train.output_dir (its Train run, checkpoints)
     results.csv, results.json, <metric>_per_epoch.png, best_config.yaml, best_model/, sweep_config.yaml
@@ -89,12 +89,12 @@ class SweepResult:
     best: dict  # the row of the best trial
     output_dir: Path
     files: dict[str, Path]  # results_csv, results_json, plot, best_config, best_model
-    scheduler: Any  # the ASHA scheduler the sweep runs under
+    scheduler: Any  # the ASHA scheduler given to the Tuner (None when restored: Tune restores its own)
     restored: bool  # True when an earlier sweep in output_dir was resumed
 
 
 def make_scheduler(cfg: RunConfig, space: dict):
-    """ASHA over epochs: a trial may be stopped at grace_period, grace_period x 4, ... epochs (metric/mode from the Tuner)."""
+    """ASHA over epochs: trials may stop at grace_period, x4, x16, ... epochs (metric and mode come from the Tuner)."""
     from ray.tune.schedulers import ASHAScheduler
 
     # "epoch" rather than training_iteration: a Train run resumed from a checkpoint reports its true epoch.
@@ -146,17 +146,24 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     grid = tuner.fit()
     rows = _trial_rows(grid, reported_metrics(cfg))
     if not any(cfg.tune.metric in row["metrics"] for row in rows):
-        first = grid.errors[0] if grid.errors else None
-        if first is not None and unwrap_pipeline_error(first) is not first:
-            raise unwrap_pipeline_error(first)
-        raise RuntimeError(f"no trial reported {cfg.tune.metric}; see {experiment}" +
-                           (f" (first error: {str(first).splitlines()[0]})" if first else ""))
+        _raise_first_error(grid, f"no trial reported {cfg.tune.metric}; see {experiment}")
     best_id = grid.get_best_result(cfg.tune.metric, cfg.tune.mode, scope="last").metrics["trial_id"]
     best = next(row for row in rows if row["trial_id"] == best_id)
     best_config = apply_overrides(cfg, best["overrides"])
     best_config.train.output_dir = str(out / "best_finetune")  # a fresh run, not a resume of the trial's
     files = write_sweep_results(out, rows, best, best_config, cfg.tune.metric)
-    return SweepResult(rows, best, out, files, scheduler, restored)
+    return SweepResult(rows, best, out, files, None if restored else scheduler, restored)
+
+
+def _raise_first_error(grid, message: str) -> None:
+    """The first trial's PipelineError as itself (one line, as if raised here), else RuntimeError(message)."""
+    first = grid.errors[0] if grid.errors else None
+    if first is None:
+        raise RuntimeError(message)
+    unwrapped = unwrap_pipeline_error(first)
+    if unwrapped is not first:
+        raise unwrapped
+    raise RuntimeError(f"{message} (first error: {str(first).splitlines()[0]})")
 
 
 def _trial_rows(grid, metric_names: list[str]) -> list[dict]:

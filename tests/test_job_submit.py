@@ -281,4 +281,9 @@ def test_finetune_job_trains_against_the_running_group(job_cluster, retrieval_gr
 def test_retrieval_service_stop_job_tears_the_group_down(job_cluster, retrieval_group):
     logs = job_cluster.submit("python", "jobs/retrieval_service.py", "stop", *RETRIEVAL, timeout=60).logs
     assert f"stopped 1 actors of group {GROUP!r}" in logs
-    assert "0.0/4.0 retrieval_node" in job_cluster.run("status", "--address", job_cluster.gcs_address).stdout
+    # `ray status` reads the autoscaler's periodic snapshot, so the released resource shows up after a delay.
+    deadline, status = time.monotonic() + 60, ""
+    while time.monotonic() < deadline and "0.0/4.0 retrieval_node" not in status:
+        status = job_cluster.run("status", "--address", job_cluster.gcs_address).stdout
+        time.sleep(2)
+    assert "0.0/4.0 retrieval_node" in status
