@@ -1,6 +1,6 @@
 """Benchmark: seconds per retrieval call, torch.distributed rank 0 vs Ray actor group vs in-process FAISS.
 
-    python jobs/benchmark_retrieval.py                                   # 100k x 768 Flat, W in {1,2,4}, ~8 min on 2 cores
+    python jobs/benchmark_retrieval.py      # 100k x 768 Flat, W in {1,2,4}: ~8 min on an idle 2-core machine
     python jobs/benchmark_retrieval.py --factory HNSW32 --calls 300 --workers 1,2,4,8 --actors 1,2,4,8
 
 Writes runs/benchmarks/retrieval_benchmark.{json,png}. Starts (and stops) a local

@@ -11,7 +11,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
 
 from pipeline.config import parse_config  # noqa: E402
-from pipeline.demo_defaults import fill_demo_defaults  # noqa: E402
+from pipeline.demo_data import ensure_demo_data  # noqa: E402
 from pipeline.errors import run_job  # noqa: E402
 from pipeline.index.build import build_index  # noqa: E402
 from pipeline.ray_session import connect_ray  # noqa: E402
@@ -20,7 +20,7 @@ from pipeline.ray_session import connect_ray  # noqa: E402
 def main(argv=None) -> int:
     config, _ = parse_config(argv, __doc__, sections=("knowledge_base", "index"))
     if not config.knowledge_base.documents:
-        fill_demo_defaults(config)
+        config.knowledge_base.documents = str(ensure_demo_data().documents)
     connect_ray()
     build_index(config.knowledge_base, config.index)
     return 0

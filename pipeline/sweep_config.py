@@ -26,7 +26,7 @@ from pipeline.errors import ConfigError
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 
 # What `train_loop_per_worker` reports every epoch besides the dev metrics (`summarize_rows(prefix="dev_")`).
-TRAIN_LOOP_METRICS = ("epoch", "step", "train_loss", "epoch_s")
+TRAIN_LOOP_METRICS = ("epoch", "step", "resumed_at_step", "train_loss", "epoch_s")
 PROFILE_METRICS = ("retrieval_s_per_call", "retrieval_share_of_epoch")
 
 # Built once for all trials: the index and retrieval group (knowledge_base, index, retrieval), the train

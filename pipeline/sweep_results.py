@@ -96,12 +96,12 @@ def describe_overrides(overrides: dict) -> str:
 def format_trials(rows: list[dict], metric: str, best_id: str | None = None) -> str:
     """The results table for the terminal: one line per trial, the best marked with '*'."""
     keys = list(dict.fromkeys((metric, *TABLE_METRICS)))
-    lines = [f"  {'trial':<14} {'status':<6} " + " ".join(f"{k:>15}" for k in keys) + "  overrides"]
+    lines = [f"  {'trial':<14} {'status':<10} " + " ".join(f"{k:>15}" for k in keys) + "  overrides"]
     for row in rows:
         cells = [f"{row['metrics'][k]:>15.4g}" if isinstance(row["metrics"].get(k), float)
                  else f"{row['metrics'].get(k, ''):>15}" for k in keys]
         mark = "*" if row["trial_id"] == best_id else " "
-        lines.append(f"{mark} {row['trial_id']:<14} {row['status']:<6} " + " ".join(cells)
+        lines.append(f"{mark} {row['trial_id']:<14} {row['status']:<10} " + " ".join(cells)
                      + f"  {describe_overrides(row['overrides'])}")
     return "\n".join(lines)
 

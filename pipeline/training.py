@@ -95,6 +95,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     else:
         parts = build_rag_model(cfg.model.question_encoder, cfg.model.generator, cfg.model.model_type,
                                 loop_config["pooling"], cfg.model.label_smoothing, cfg.model.dropout)
+    resumed_at_step = state["step"]  # > 0 when this attempt restored a checkpoint (resume or worker failure)
     parts.model.config.label_smoothing = cfg.model.label_smoothing
     retriever = make_retriever(cfg.retrieval.mode, cfg.index.directory, cfg.retrieval, rank)
     rag = RagWithRetrieval(parts, retriever, cfg.model, seed=t.seed + rank)
@@ -147,7 +148,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         # --- evaluate
         rows = gather_rows(predict(rag, dev, t.batch_size, rank, world), world)
-        metrics = {"epoch": epoch + 1, "step": state["step"], "train_loss": float(np.mean(losses)) if losses else
+        metrics = {"epoch": epoch + 1, "step": state["step"], "resumed_at_step": resumed_at_step, "train_loss": float(np.mean(losses)) if losses else
                    float("nan"), "epoch_s": round(train_s, 2), **summarize_rows(rows, prefix="dev_")}
         if t.profile and retrieval_calls:
             metrics["retrieval_s_per_call"] = float(np.mean(retrieval_calls))

@@ -94,11 +94,18 @@ class SweepResult:
 
 
 def make_scheduler(cfg: RunConfig, space: dict):
-    """ASHA over epochs: trials may stop at grace_period, x4, x16, ... epochs (metric and mode come from the Tuner)."""
+    """ASHA over epochs: trials may stop at grace_period, x4, x16, ... epochs (metric and mode come from the Tuner).
+
+    Stopping a trial kills its Train driver, and only Ray Train's placement-group cleaner (which needs the
+    State API) then frees its workers' CPUs. So ASHA never stops a trial at its last report, where stopping
+    saves nothing: no stop at max_t, and max_t below the last epoch keeps every rung before it.
+    """
     from ray.tune.schedulers import ASHAScheduler
 
+    last_epoch = max_epochs(cfg, space)
     # "epoch" rather than training_iteration: a Train run resumed from a checkpoint reports its true epoch.
-    return ASHAScheduler(time_attr="epoch", max_t=max_epochs(cfg, space), grace_period=cfg.tune.grace_period)
+    return ASHAScheduler(time_attr="epoch", max_t=max(cfg.tune.grace_period, last_epoch - 1),
+                         grace_period=cfg.tune.grace_period, stop_last_trials=False)
 
 
 def run_tune(cfg: RunConfig) -> SweepResult:
@@ -127,11 +134,11 @@ def run_tune(cfg: RunConfig) -> SweepResult:
                              trials_dir=str(out / "trials")),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
-    scheduler = make_scheduler(cfg, space)
     if restored:
         print(f"[tune] resuming the sweep in {experiment} (finished trials are not rerun)", flush=True)
-        tuner = tune.Tuner.restore(str(experiment), trainable=trainable)
+        tuner, scheduler = tune.Tuner.restore(str(experiment), trainable=trainable), None
     else:
+        scheduler = make_scheduler(cfg, space)
         reserved = len(list_members(cfg.retrieval.group, cfg.retrieval.namespace)) * cfg.retrieval.actor_num_cpus
         concurrent = concurrent_trials(cfg, space, ray.cluster_resources(), reserved)
         print(f"[tune] {cfg.tune.num_samples} trials, {concurrent} at a time, ASHA on {cfg.tune.metric} "
@@ -145,6 +152,10 @@ def run_tune(cfg: RunConfig) -> SweepResult:
         )
     grid = tuner.fit()
     rows = _trial_rows(grid, reported_metrics(cfg))
+    unfinished = [row["trial_id"] for row in rows if row["status"] in ("pending", "running", "paused")]
+    if unfinished:
+        print(f"[tune] sweep interrupted with {len(unfinished)} trials unfinished; run the same command again to "
+              f"resume them (results below are partial)", flush=True)
     if not any(cfg.tune.metric in row["metrics"] for row in rows):
         _raise_first_error(grid, f"no trial reported {cfg.tune.metric}; see {experiment}")
     best_id = grid.get_best_result(cfg.tune.metric, cfg.tune.mode, scope="last").metrics["trial_id"]
@@ -152,7 +163,7 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     best_config = apply_overrides(cfg, best["overrides"])
     best_config.train.output_dir = str(out / "best_finetune")  # a fresh run, not a resume of the trial's
     files = write_sweep_results(out, rows, best, best_config, cfg.tune.metric)
-    return SweepResult(rows, best, out, files, None if restored else scheduler, restored)
+    return SweepResult(rows, best, out, files, scheduler, restored)
 
 
 def _raise_first_error(grid, message: str) -> None:
@@ -168,6 +179,10 @@ def _raise_first_error(grid, message: str) -> None:
 
 def _trial_rows(grid, metric_names: list[str]) -> list[dict]:
     """One plain dict per trial of a ResultGrid, in trial-id order."""
+    # Tune's own trial states (terminated, error, pending, running, paused); the ResultGrid keeps them only on
+    # its analysis object, which its public num_terminated / num_errors read too.
+    states = {trial.trial_id: trial.status.lower()
+              for trial in getattr(getattr(grid, "_experiment_analysis", None), "trials", None) or []}
     rows = []
     for result in grid:
         frame = result.metrics_dataframe
@@ -178,9 +193,10 @@ def _trial_rows(grid, metric_names: list[str]) -> list[dict]:
         by_epoch = {h["epoch"]: h for h in (_checkpoint_history(checkpoints[-1]) if checkpoints else [])}
         by_epoch.update({r["epoch"]: r for r in reports if r.get("epoch") == r.get("epoch")})  # NaN: no epoch
         history = [{k: r[k] for k in metric_names if k in r and r[k] == r[k]} for _, r in sorted(by_epoch.items())]
+        trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
         rows.append({
-            "trial_id": (result.metrics or {}).get("trial_id") or Path(result.path).name,
-            "status": "error" if result.error else "ok",
+            "trial_id": trial_id,
+            "status": "error" if result.error else states.get(trial_id, "terminated"),
             "overrides": _plain((result.config or {}).get("overrides", {})),
             "metrics": history[-1] if history else {},
             "checkpoint_path": checkpoints[-1] if checkpoints else None,

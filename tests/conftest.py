@@ -33,7 +33,8 @@ def write_corpus(path, documents: int = 40, seed: int = 0) -> list[dict]:
 def ray_cluster():
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=TEST_NAMESPACE)
+    # address="local": never join a cluster someone else started on this machine with `ray start`.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=TEST_NAMESPACE)
     yield ray
     from pipeline.retrieval.group import list_members  # noqa: F401  (stop whatever a failed test left)
 

@@ -49,6 +49,7 @@ def test_a_stopped_run_resumes_from_its_latest_checkpoint(tiny_demo, tmp_path, s
     resumed = run_finetune(_config(tiny_demo, tmp_path, **{"train.num_workers": 1, "train.epochs": 2}))
     assert [h["step"] for h in resumed.history] == [steps, 2 * steps]
     assert resumed.history[0] == first.history[0]  # the first epoch was not trained again
+    assert resumed.history[1]["resumed_at_step"] == steps
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "source"])

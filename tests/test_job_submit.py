@@ -78,6 +78,16 @@ class JobCluster:
                         f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
         return proc
 
+    def resource_usage(self, expected: str, timeout_s: float = 60) -> str:
+        """`ray status` output, asked again until it shows `expected` (it reads the autoscaler's periodic
+        snapshot, so a resource taken or released a moment ago shows up after a delay)."""
+        deadline, usage = time.monotonic() + timeout_s, ""
+        while expected not in usage and time.monotonic() < deadline:
+            usage = self.run("status", "--address", self.gcs_address).stdout
+            if expected not in usage:
+                time.sleep(2)
+        return usage
+
     def api(self, path: str):
         """GET the Jobs REST API (what the `ray job` commands call), with the cluster's token."""
         request = urllib.request.Request(f"{self.address}{path}", headers={"Authorization": f"Bearer {self.token}"})
@@ -235,8 +245,8 @@ def test_retrieval_service_start_job_holds_retrieval_node_resources(job_cluster,
     directory, _ = built_index
     assert f"retrieval group {GROUP!r}" in retrieval_group.logs
     assert [m["index_dir"] for m in _members(retrieval_group.logs)] == [str(directory.resolve())]
-    usage = job_cluster.run("status", "--address", job_cluster.gcs_address).stdout
-    assert "1.0/4.0 retrieval_node" in usage  # the actor sits on the resource cluster.yaml's retrieval nodes offer
+    # The actor sits on the resource that cluster.yaml's retrieval nodes offer.
+    assert "1.0/4.0 retrieval_node" in job_cluster.resource_usage("1.0/4.0 retrieval_node")
 
 
 def test_retrieval_service_status_job_finds_the_group_from_another_job(job_cluster, retrieval_group, built_index):
@@ -275,15 +285,10 @@ def test_finetune_job_trains_against_the_running_group(job_cluster, retrieval_gr
     assert (work / "run" / "model").is_dir() and (work / "run" / "metrics.json").is_file()
     assert f"retrieval group {GROUP!r}: 1 actors" in job.logs
     # Still one actor on the retrieval resource: training used the group an earlier job started, not a new one.
-    assert "1.0/4.0 retrieval_node" in job_cluster.run("status", "--address", job_cluster.gcs_address).stdout
+    assert "1.0/4.0 retrieval_node" in job_cluster.resource_usage("1.0/4.0 retrieval_node")
 
 
 def test_retrieval_service_stop_job_tears_the_group_down(job_cluster, retrieval_group):
     logs = job_cluster.submit("python", "jobs/retrieval_service.py", "stop", *RETRIEVAL, timeout=60).logs
     assert f"stopped 1 actors of group {GROUP!r}" in logs
-    # `ray status` reads the autoscaler's periodic snapshot, so the released resource shows up after a delay.
-    deadline, status = time.monotonic() + 60, ""
-    while time.monotonic() < deadline and "0.0/4.0 retrieval_node" not in status:
-        status = job_cluster.run("status", "--address", job_cluster.gcs_address).stdout
-        time.sleep(2)
-    assert "0.0/4.0 retrieval_node" in status
+    assert "0.0/4.0 retrieval_node" in job_cluster.resource_usage("0.0/4.0 retrieval_node")

@@ -97,7 +97,7 @@ def test_unknown_mode_is_a_config_error(flat_index):
         make_retriever("grpc", str(flat_index), RetrievalConfig(), 0)
 
 
-def test_concurrent_calls_to_one_actor_are_merged_yet_each_gets_its_own_rows(flat_index, ray_cluster):
+def test_concurrent_calls_to_one_actor_each_get_their_own_rows(flat_index, ray_cluster):
     import ray
 
     from pipeline.errors import RetrievalError
@@ -109,7 +109,7 @@ def test_concurrent_calls_to_one_actor_are_merged_yet_each_gets_its_own_rows(fla
         actor = ray.get_actor(actor_name(cfg.group, 0, 0), namespace=TEST_NAMESPACE)
         shard = LocalRetriever(flat_index).shards[0]
         calls = [(_queries(flat_index, n, seed), k) for seed, (n, k) in enumerate([(3, 4), (1, 4), (5, 2), (2, 4)] * 3)]
-        bad = actor.search.remote(np.zeros((2, 16), np.float32), 4)  # fails alone, not the calls merged with it
+        bad = actor.search.remote(np.zeros((2, 16), np.float32), 4)  # fails alone, not the calls beside it
         futures = [actor.search.remote(q, k) for q, k in calls]
         for (queries, k), result in zip(calls, ray.get(futures)):
             expected = shard.search(queries, k)

@@ -112,6 +112,18 @@ def test_concurrent_trials_fit_the_cluster_cpus():
     assert concurrent_trials(cfg, check_sweep_config(cfg), {"CPU": 64.0}, reserved_cpus=1.0) == 2
 
 
+@pytest.mark.parametrize("epochs, grace_period", [(2, 1), (5, 1), (6, 1), (16, 1), (6, 2), (3, 3)])
+def test_asha_never_judges_a_trial_at_its_last_epoch(epochs, grace_period):
+    from pipeline.tuning import make_scheduler
+
+    # A stop kills the trial's Train driver; at the last report that saves nothing and only risks its resources.
+    cfg = _config(train__epochs=epochs, tune__grace_period=grace_period)
+    scheduler = make_scheduler(cfg, check_sweep_config(cfg))
+    milestones = [milestone for milestone, _ in scheduler._brackets[0]._rungs]  # ASHA's rungs, in epochs
+    assert grace_period in milestones
+    assert all(m < epochs for m in milestones) or epochs == grace_period
+
+
 def test_tune_job_rejects_a_bad_search_space_before_starting_ray(monkeypatch):
     from jobs import tune as tune_job
 
@@ -196,7 +208,7 @@ def test_sweep_trials_share_one_retrieval_group_and_export_the_best_model(
         watcher.join()
 
         # Both trials ran every epoch and reported the metric; each one's run lives in its own directory.
-        assert [row["status"] for row in result.trials] == ["ok", "ok"]
+        assert [row["status"] for row in result.trials] == ["terminated", "terminated"]
         ids = [row["trial_id"] for row in result.trials]
         for row in result.trials:
             assert [h["epoch"] for h in row["history"]] == [1, 2]

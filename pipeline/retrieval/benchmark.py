@@ -54,7 +54,8 @@ class BenchmarkSpec:
 # ---------------------------------------------------------------- synthetic index
 
 
-def write_synthetic_index(directory: str | Path, count: int, dimension: int, factory: str, seed: int = 0) -> IndexManifest:
+def write_synthetic_index(directory: str | Path, count: int, dimension: int, factory: str,
+                          seed: int = 0) -> IndexManifest:
     """A 1-shard index directory of random-normal float32 vectors and dummy passages; reused when it matches."""
     directory = Path(directory)
     if (directory / MANIFEST).is_file():
@@ -186,8 +187,8 @@ def run_benchmark(spec: BenchmarkSpec, index_dir: str, log=print) -> dict:
                 ray.get([w.leave.remote() for w in workers])
                 for w in workers:
                     ray.kill(w)
-        # How many searches served how many calls (fewer searches: concurrent calls were merged).
-        actors = {r: [{key: m.get(key) for key in ("replica", "calls", "searches")}
+        # Calls served per replica: shows the clients spread over the replicas.
+        actors = {r: [{key: m.get(key) for key in ("replica", "calls")}
                       for m in group_status(cfg.group, cfg.namespace)] for r, cfg in groups.items()}
     finally:
         for cfg in groups.values():

@@ -16,7 +16,7 @@ MODES = ("ray", "torch", "local")
 
 
 def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int):
-    """RetrievalClient ('ray', the running group `cfg.group`), TorchDistributedRetriever ('torch') or LocalRetriever ('local')."""
+    """RetrievalClient ('ray': the running group cfg.group), TorchDistributedRetriever ('torch') or LocalRetriever."""
     if mode == "ray":
         from pipeline.retrieval.client import RetrievalClient
 

@@ -9,19 +9,15 @@ from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import faiss
-import numpy as np
 import ray
 
 from pipeline.config import RetrievalConfig
 from pipeline.errors import RetrievalError, unwrap_pipeline_error
 from pipeline.index.manifest import read_manifest
-from pipeline.retrieval.result import RetrievalResult
 from pipeline.retrieval.shard import ShardSearcher
 
 _NAME = re.compile(r"^(?P<group>.+)\.shard(?P<shard>\d+)\.replica(?P<replica>\d+)$")
@@ -31,85 +27,20 @@ def actor_name(group: str, shard: int, replica: int) -> str:
     return f"{group}.shard{shard}.replica{replica}"
 
 
-class _Request:
-    """One caller's queries, waiting for a (possibly merged) search to fill in its result or error."""
-
-    __slots__ = ("queries", "k", "result", "error", "done")
-
-    def __init__(self, queries: np.ndarray, k: int):
-        self.queries, self.k, self.result, self.error, self.done = queries, k, None, None, False
-
-
 @ray.remote
 class RetrievalActor:
-    """Serves one shard of an index directory. Restarted by Ray if its process dies (max_restarts).
-
-    With max_concurrency > 1, calls that arrive while a search runs are merged into ONE FAISS search
-    when it ends: an exact (Flat) scan reads the whole shard once per search, so 4 callers x 8 questions
-    cost far less as one batch of 32 than as 4 searches fighting over the cores (and the memory bus).
-    """
+    """Serves one shard of an index directory. Restarted by Ray if its process dies (max_restarts)."""
 
     def __init__(self, index_dir: str, shard: int, replica: int, faiss_threads: int):
         started = time.perf_counter()
         self.searcher = ShardSearcher(index_dir, shard, faiss_threads)
         self.replica = replica
-        self.faiss_threads = faiss_threads
-        self.calls = self.searches = 0
-        self._pending: list[_Request] = []
-        self._pending_lock = threading.Lock()
-        self._search_lock = threading.Lock()  # one FAISS search at a time; waiting callers pile into _pending
+        self.calls = 0
         self.load_s = time.perf_counter() - started
 
     def search(self, queries, k: int):
-        """RetrievalResult of this shard for float32[B, d] queries (possibly computed in a merged batch)."""
-        request = _Request(queries, k)
-        with self._pending_lock:
-            self.calls += 1
-            self._pending.append(request)
-        with self._search_lock:
-            if not request.done:  # nobody took it along in their batch: search everything waiting now
-                with self._pending_lock:
-                    batch, self._pending = self._pending, []
-                self._search_merged(batch)
-        if request.error is not None:
-            raise request.error
-        return request.result
-
-    def _search_merged(self, batch: list[_Request]) -> None:
-        # OpenMP thread counts are per thread, and concurrent calls run on Ray's pool threads, not the thread
-        # that built the searcher: set it where the search runs, or FAISS uses OMP_NUM_THREADS instead.
-        faiss.omp_set_num_threads(self.faiss_threads)
-        by_k: dict[int, list[_Request]] = {}
-        for request in batch:
-            by_k.setdefault(request.k, []).append(request)
-        for k, requests in by_k.items():
-            try:
-                queries = [np.asarray(r.queries, dtype=np.float32) for r in requests]
-                # A malformed request fails alone, not the callers merged with it.
-                if len(requests) > 1 and any(q.ndim != 2 or q.shape[1] != self.searcher.manifest.dimension
-                                             for q in queries):
-                    for r in requests:
-                        self._search_one(r)
-                    continue
-                merged = self.searcher.search(np.concatenate(queries) if len(queries) > 1 else queries[0], k)
-                self.searches += 1
-                start = 0
-                for r, q in zip(requests, queries):
-                    rows = slice(start, start + len(q))
-                    r.result = RetrievalResult(merged.ids[rows], merged.scores[rows], merged.vectors[rows],
-                                               merged.titles[rows], merged.texts[rows])
-                    r.done, start = True, start + len(q)
-            except Exception as e:  # noqa: BLE001  (handed to every caller of this batch)
-                for r in requests:
-                    r.error, r.done = r.error or e, True
-
-    def _search_one(self, request: _Request) -> None:
-        try:
-            request.result = self.searcher.search(request.queries, request.k)
-            self.searches += 1
-        except Exception as e:  # noqa: BLE001
-            request.error = e
-        request.done = True
+        self.calls += 1
+        return self.searcher.search(queries, k)
 
     def describe(self) -> dict:
         """Where this actor runs and what it serves (for status and for clients)."""
@@ -120,8 +51,7 @@ class RetrievalActor:
             "index_dir": str(self.searcher.index_dir), "shard": self.searcher.shard, "replica": self.replica,
             "num_shards": manifest.num_shards, "count": manifest.count, "dimension": manifest.dimension,
             "shard_size": self.searcher.end - self.searcher.start, "factory": manifest.factory,
-            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(),
-            "calls": self.calls, "searches": self.searches,
+            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "calls": self.calls,
             "load_s": round(self.load_s, 3), "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
 

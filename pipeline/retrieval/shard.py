@@ -23,9 +23,8 @@ class ShardSearcher:
             raise IndexFormatError(f"{self.index_dir}: no shard {shard} (manifest has {self.manifest.num_shards})")
         self.shard = shard
         self.start, self.end = self.manifest.shard_range(shard)
-        # Threads are set per process on purpose: several actors share a node, and FAISS's default
-        # (all cores per search) makes concurrent searches fight over them.
-        faiss.omp_set_num_threads(faiss_threads)
+        # FAISS's default (all cores per search) makes actors sharing a node fight over the cores.
+        self.faiss_threads = faiss_threads
         # Memory-map the index codes and the exact vectors so replicas on one node share the page cache.
         self.index = faiss.read_index(str(self.index_dir / shard_file(shard)), faiss.IO_FLAG_MMAP_IFC)
         if self.index.ntotal != self.end - self.start or self.index.d != self.manifest.dimension:
@@ -40,6 +39,9 @@ class ShardSearcher:
 
     def search(self, queries: np.ndarray, k: int) -> RetrievalResult:
         """Top-min(k, shard size) passages of this shard for float32[B, d] queries (global ids)."""
+        # OpenMP thread counts belong to the calling thread, and threaded actors search on Ray's pool
+        # threads, not the one that built this searcher: set it where the search runs.
+        faiss.omp_set_num_threads(self.faiss_threads)
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.manifest.dimension:
             raise RetrievalError(

@@ -1,0 +1,112 @@
+"""Faults survived: a killed retrieval replica or training worker does not end the run; a dead shard fails fast."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import ray
+
+from pipeline.config import RunConfig, apply_overrides
+from pipeline.errors import RetrievalError
+from pipeline.retrieval.client import RetrievalClient
+from pipeline.retrieval.group import actor_name, group_status, start_retrieval_group, stop_retrieval_group
+from pipeline.training import run_finetune
+from tests.conftest import TEST_NAMESPACE
+
+
+def _config(tiny_demo, tmp_path, group, **overrides) -> RunConfig:
+    return apply_overrides(RunConfig(), {**tiny_demo, "train.output_dir": str(tmp_path / "run"),
+                                         "retrieval.group": group, "train.num_workers": 1, **overrides})
+
+
+def _wait_for(condition, timeout_s: float, what: str):
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def _train_in_background(cfg):
+    outcome = {}
+
+    def target():
+        try:
+            outcome["result"] = run_finetune(cfg)
+        except BaseException as e:  # surfaced by the test below
+            outcome["error"] = e
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return thread, outcome
+
+
+def test_killed_retrieval_replica_fails_over_and_rejoins(tiny_demo, tmp_path):
+    cfg = _config(tiny_demo, tmp_path, "faulty", **{"retrieval.replicas": 2, "train.epochs": 3})
+    start_retrieval_group(cfg.index.directory, cfg.retrieval)
+    try:
+        victim = ray.get_actor(actor_name("faulty", 0, 0), namespace=TEST_NAMESPACE)
+        old_pid = ray.get(victim.describe.remote())["pid"]
+        thread, outcome = _train_in_background(cfg)
+        _wait_for(lambda: ray.get(victim.describe.remote())["calls"] >= 2, 600, "training to call replica 0")
+        os.kill(old_pid, signal.SIGKILL)
+        thread.join(timeout=900)
+        assert "error" not in outcome, outcome.get("error")
+        history = outcome["result"].history
+        assert [h["epoch"] for h in history] == [1, 2, 3]
+        restarted = _wait_for(lambda: [m for m in group_status("faulty", TEST_NAMESPACE)
+                                       if m.get("replica") == 0 and "pid" in m], 120, "replica 0 to restart")
+        assert restarted[0]["pid"] != old_pid
+    finally:
+        stop_retrieval_group("faulty", TEST_NAMESPACE)
+
+
+def _train_worker_pids() -> list[int]:
+    """Training worker processes of this test session's cluster (children of its raylet), not any other's."""
+    raylet = psutil.Process(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+    return [p.pid for p in raylet.children(recursive=True)
+            if any("RayTrainWorker" in part for part in (p.cmdline() or []))]
+
+
+def test_killed_training_worker_resumes_from_the_latest_checkpoint(tiny_demo, tmp_path):
+    cfg = _config(tiny_demo, tmp_path, "worker-fault", **{"train.epochs": 4, "train.max_failures": 2})
+    try:
+        thread, outcome = _train_in_background(cfg)
+        storage = Path(cfg.train.output_dir) / "ray_train" / "finetune"
+        _wait_for(lambda: list(storage.glob("checkpoint_*")), 600, "the first checkpoint")
+        pids = _wait_for(_train_worker_pids, 60, "a training worker process")
+        os.kill(pids[0], signal.SIGKILL)
+        thread.join(timeout=900)
+        assert "error" not in outcome, outcome.get("error")
+        history = outcome["result"].history
+        steps = history[0]["step"]
+        assert [h["epoch"] for h in history] == [1, 2, 3, 4]  # no gap, no duplicate epoch
+        assert [h["step"] for h in history] == [steps * e for e in (1, 2, 3, 4)]
+        assert any(h["resumed_at_step"] > 0 for h in history)  # the kill really forced a restore
+    finally:
+        stop_retrieval_group("worker-fault", TEST_NAMESPACE)
+
+
+def test_shard_with_every_replica_dead_fails_fast_and_clearly(tiny_demo):
+    cfg = apply_overrides(RunConfig(), {**tiny_demo, "retrieval.group": "dead", "retrieval.replicas": 2,
+                                        "retrieval.call_timeout_s": 10})
+    start_retrieval_group(cfg.index.directory, cfg.retrieval)
+    try:
+        client = RetrievalClient("dead", TEST_NAMESPACE, timeout_s=10)
+        for replica in range(2):
+            ray.kill(ray.get_actor(actor_name("dead", 0, replica), namespace=TEST_NAMESPACE), no_restart=True)
+        started = time.monotonic()
+        with pytest.raises(RetrievalError, match=r"group 'dead': every replica of shard 0 failed"):
+            client.retrieve(np.zeros((2, client.dimension), np.float32), 3)
+        assert time.monotonic() - started < 2 * 10 + 5
+    finally:
+        stop_retrieval_group("dead", TEST_NAMESPACE)
