@@ -104,7 +104,10 @@ class TrainConfig:
     batch_size: int = _opt(8, "Questions per worker per step.")
     grad_accum: int = _opt(1, "Batches accumulated per optimizer step.")
     lr: float = _opt(1e-3, "Generator learning rate (AdamW).")
-    encoder_lr: float = _opt(5e-5, "Question-encoder learning rate.")
+    encoder_lr: float = _opt(2e-5, "Question-encoder learning rate.")
+    encoder_freeze_steps: int = _opt(
+        250, "Optimizer steps before the question encoder starts learning: until the generator reads the "
+             "passages, the doc-score gradient is noise that would wreck a pretrained retriever.")
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_steps: int = _opt(50, "Linear warm-up steps.")
     schedule: str = _opt("linear", "Decay after warm-up.", ("linear", "polynomial"))

@@ -105,8 +105,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
     optimizer = _optimizer(parts, cfg)
     steps_per_epoch = loop_config["steps_per_epoch"]
     total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_lambda(s, t.warmup_steps, total_steps, t.schedule))
+    schedules = [lambda s: lr_lambda(s, t.warmup_steps, total_steps, t.schedule)]
+    if len(optimizer.param_groups) > 1:  # the question encoder: held at lr 0, then its own warm-up and decay
+        schedules.append(lambda s: 0.0 if s < t.encoder_freeze_steps else lr_lambda(
+            s - t.encoder_freeze_steps, t.warmup_steps, max(1, total_steps - t.encoder_freeze_steps), t.schedule))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedules)
     if checkpoint is not None:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])

@@ -128,3 +128,16 @@ def test_question_encoder_of_another_dimension_fails_before_training(ray_cluster
     AutoTokenizer.from_pretrained(_encoder()).save_pretrained(other)
     with pytest.raises(ModelLoadError, match=r"gives 32-dim vectors but index .* was built with dimension 384"):
         prepare_run(_config(tiny_demo, tmp_path, **{"model.question_encoder": str(other)}))
+
+
+def test_a_job_turns_a_pipeline_error_into_one_line_and_exit_code_2(capsys):
+    from pipeline.errors import run_job
+
+    def main():
+        raise DataError("qa.jsonl:7: field 'answers' is missing or empty")
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(main)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2
+    assert err == "error: qa.jsonl:7: field 'answers' is missing or empty\n"
