@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -84,9 +85,13 @@ def test_killed_training_worker_resumes_from_the_latest_checkpoint(tiny_demo, tm
     try:
         thread, outcome = _train_in_background(cfg)
         storage = Path(cfg.train.output_dir) / "ray_train" / "finetune"
-        _wait_for(lambda: list(storage.glob("checkpoint_*")), 600, "the first checkpoint")
-        pids = _wait_for(_train_worker_pids, 60, "a training worker process")
-        os.kill(pids[0], signal.SIGKILL)
+        # The second checkpoint on disk means the first one is registered with Train: a kill sooner can
+        # land before that, and the restart would (rightly) begin from scratch.
+        _wait_for(lambda: len(list(storage.glob("checkpoint_*"))) >= 2, 600, "two checkpoints")
+        # Kill them all: a worker process of the previous test's run may still be exiting beside ours.
+        for pid in _wait_for(_train_worker_pids, 60, "a training worker process"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         thread.join(timeout=900)
         assert "error" not in outcome, outcome.get("error")
         history = outcome["result"].history

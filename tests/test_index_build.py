@@ -73,8 +73,9 @@ def test_approximate_index_types_build_and_load(ray_cluster, corpus_file, tmp_pa
     assert np.all((result.ids >= 0) & (result.ids < manifest.count))
     assert np.all(np.diff(result.scores, axis=1) <= 1e-5)
     np.testing.assert_allclose(result.vectors, np.asarray(vectors)[result.ids])  # exact vectors, even for PQ
-    if factory.startswith("HNSW"):
-        assert np.mean(result.ids[:, 0] == np.arange(4)) >= 0.5  # a passage finds itself
+    if factory.startswith("HNSW"):  # a graph this small should find the exact top hit
+        exact_top = np.argmax(np.asarray(vectors[:4]) @ np.asarray(vectors).T, axis=1)
+        assert np.mean(result.ids[:, 0] == exact_top) >= 0.75
 
 
 def test_existing_directory_is_refused_without_overwrite(flat_index, corpus_file):

@@ -101,8 +101,14 @@ class JobCluster:
         loaded machine and end the command early, which says nothing about the job.
         """
         job_id = f"rag-test-{uuid.uuid4().hex[:8]}"
-        self.run("job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
-                 "--working-dir", ".", "--runtime-env-json", json.dumps(RUNTIME_ENV), "--", *entrypoint)
+        command = ("job", "submit", "--address", self.address, "--submission-id", job_id, "--no-wait",
+                   "--working-dir", ".", "--runtime-env-json", json.dumps(RUNTIME_ENV), "--", *entrypoint)
+        for attempt in range(30):  # the job agent of a new head starts some seconds after the dashboard answers
+            submitted = self.run(*command, check=False)
+            if submitted.returncode == 0 or "No available agent" not in submitted.stderr + submitted.stdout:
+                break
+            time.sleep(2)
+        assert submitted.returncode == 0, f"ray job submit failed: {submitted.stderr[-3000:]}"
         deadline, status = time.monotonic() + timeout, "PENDING"
         while status not in ("SUCCEEDED", "FAILED", "STOPPED"):
             if time.monotonic() > deadline:
