@@ -70,6 +70,8 @@ def test_every_qa_format_streams_through_ray_data_tokenized(ray_cluster, tiny_de
     tokenizer = QATokenizer(tiny_demo["index.directory"] and _encoder(), tiny_demo["model.generator"], 32, 24)
     batch = read_qa_dataset(path, cfg.data).map_batches(tokenizer, batch_format="numpy").take_batch(100)
     assert sorted(batch["question"]) == sorted(r["question"] for r in rows)
+    pairs = {q: a.split("\t")[0] for q, a in zip(batch["question"], batch["answers"])}
+    assert pairs == {r["question"]: r["answers"][0] for r in rows}  # each question keeps its own answer
     assert batch["question_ids"].shape == (len(rows), 32) and batch["labels"].shape == (len(rows), 24)
 
 
