@@ -17,6 +17,7 @@ from pipeline.demo_defaults import fill_demo_defaults  # noqa: E402
 from pipeline.errors import run_job  # noqa: E402
 from pipeline.evaluation import evaluate_model  # noqa: E402
 from pipeline.qa_data import load_qa_examples  # noqa: E402
+from pipeline.retrieval.factory import open_retriever  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -38,20 +39,6 @@ def main(argv=None) -> int:
     print(json.dumps(metrics, indent=2))
     print(f"[evaluate] {len(rows)} predictions -> {out}")
     return 0
-
-
-def open_retriever(config):
-    """The retriever for a single-process job: the Ray group (started if missing) or the index in-process."""
-    from pipeline.retrieval.factory import make_retriever
-
-    if config.retrieval.mode == "ray":
-        from pipeline.ray_session import connect_ray
-        from pipeline.retrieval.group import start_retrieval_group
-
-        connect_ray()
-        start_retrieval_group(config.index.directory, config.retrieval)
-        return make_retriever("ray", config.index.directory, config.retrieval, rank=0)
-    return make_retriever("local", config.index.directory, config.retrieval, rank=0)
 
 
 if __name__ == "__main__":

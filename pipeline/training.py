@@ -187,9 +187,6 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
 
     Needs a connected Ray. Everything that can be wrong with the input fails here, before any training step.
     """
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     from pipeline.rag_model import load_rag_model
 
     prepared = prepare_run(cfg)
@@ -197,19 +194,7 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
     storage = Path(t.output_dir).resolve() / "ray_train"
     if not t.resume and (storage / "finetune").exists():
         shutil.rmtree(storage / "finetune")
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "steps_per_epoch": prepared["steps_per_epoch"],
-                           "pooling": prepared["pooling"]},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
-        run_config=RayRunConfig(
-            name="finetune", storage_path=str(storage),
-            failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-        ),
-        datasets={"train": prepared["train_dataset"]},
-    )
+    trainer = make_trainer(cfg, prepared["train_dataset"], prepared["train_examples"], prepared["pooling"])
     result = trainer.fit()
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint (see {storage})")
@@ -255,8 +240,29 @@ def prepare_run(cfg: RunConfig) -> dict:
     tokenizer = QATokenizer(question_encoder, cfg.model.generator, cfg.model.max_question_length,
                             cfg.model.max_target_length)
     train = read_qa_dataset(cfg.data.train, cfg.data).map_batches(tokenizer, batch_format="numpy")
-    return {"train_dataset": train, "pooling": manifest.pooling, "train_examples": reports["train"].valid,
-            "steps_per_epoch": steps_per_epoch(reports["train"].valid, cfg.train)}
+    return {"train_dataset": train, "pooling": manifest.pooling, "train_examples": reports["train"].valid}
+
+
+def make_trainer(cfg: RunConfig, train_dataset, train_examples: int, pooling: str, callbacks=()):
+    """The TorchTrainer of one fine-tuning run; its checkpoints live under train.output_dir/ray_train/finetune,
+    so a rerun (or a restarted Tune trial) with the same output_dir resumes from the latest one."""
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    t = cfg.train
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(train_examples, t),
+                           "pooling": pooling},
+        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
+                                     resources_per_worker={"CPU": t.cpus_per_worker}),
+        run_config=RayRunConfig(
+            name="finetune", storage_path=str(Path(t.output_dir).resolve() / "ray_train"),
+            failure_config=FailureConfig(max_failures=t.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks),
+        ),
+        datasets={"train": train_dataset},
+    )
 
 
 def steps_per_epoch(train_examples: int, t: TrainConfig) -> int:

@@ -47,32 +47,14 @@ def train_trial(trial_config: dict, base: dict, train_dataset, train_examples: i
     Runs as the Train driver inside the trial actor. Its per-epoch reports reach Tune via TuneReportCallback.
     """
     import ray.tune
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.training import steps_per_epoch, train_loop_per_worker
+    from pipeline.training import make_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
     cfg.train.output_dir = str(Path(trials_dir) / trial_id)
-    t = cfg.train
-    trainer = TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(train_examples, t),
-                           "pooling": pooling},
-        scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
-                                     resources_per_worker={"CPU": t.cpus_per_worker}),
-        # Same layout as finetune.py's output_dir; (storage_path, name) fixed per trial, so a restarted
-        # trial resumes its Train run from the latest checkpoint instead of starting over.
-        run_config=TrainRunConfig(
-            name="finetune", storage_path=str(Path(t.output_dir) / "ray_train"),
-            failure_config=FailureConfig(max_failures=t.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=2),
-            callbacks=[TuneReportCallback()],
-        ),
-        datasets={"train": train_dataset},
-    )
+    trainer = make_trainer(cfg, train_dataset, train_examples, pooling, callbacks=[TuneReportCallback()])
     trainer.fit()
 
 

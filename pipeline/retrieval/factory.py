@@ -31,3 +31,15 @@ def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int):
 
         return LocalRetriever(index_dir, faiss_threads=cfg.faiss_threads)
     raise ConfigError(f"retrieval.mode: {mode!r} is not one of {', '.join(MODES)}")
+
+
+def open_retriever(config):
+    """The retriever for a single-process job: the Ray group (started if missing) or the index in-process."""
+    if config.retrieval.mode == "ray":
+        from pipeline.ray_session import connect_ray
+        from pipeline.retrieval.group import start_retrieval_group
+
+        connect_ray()
+        start_retrieval_group(config.index.directory, config.retrieval)
+        return make_retriever("ray", config.index.directory, config.retrieval, rank=0)
+    return make_retriever("local", config.index.directory, config.retrieval, rank=0)
