@@ -1,6 +1,6 @@
 """TUNE: a Ray Tune sweep over whole fine-tuning runs, every trial sharing ONE index and retrieval group.
 
-    python jobs/tune.py                                   # 2 trials on the bundled demo (train.lr x label smoothing)
+    python jobs/tune.py                                   # 2 trials on the bundled demo (generator x encoder lr)
     python jobs/tune.py --config configs/my_sweep.yaml --tune.num_samples 8 --tune.max_concurrent_trials 2
     ray job submit --working-dir . -- python jobs/tune.py --config configs/my_sweep.yaml
 

@@ -99,15 +99,15 @@ class TrainConfig:
     num_workers: int = _opt(2, "Training workers (data parallel).")
     use_gpu: bool = _opt(False, "Train on GPUs (one per worker).")
     cpus_per_worker: float = _opt(1.0, "CPUs reserved per training worker.")
-    epochs: int = _opt(3, "Passes over the training set.")
+    epochs: int = _opt(1, "Passes over the training set.")
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (negative: no limit).")
     batch_size: int = _opt(8, "Questions per worker per step.")
     grad_accum: int = _opt(1, "Batches accumulated per optimizer step.")
-    lr: float = _opt(1e-3, "Generator learning rate (AdamW).")
-    encoder_lr: float = _opt(2e-5, "Question-encoder learning rate.")
+    lr: float = _opt(3e-4, "Generator learning rate (AdamW).")
+    encoder_lr: float = _opt(5e-5, "Question-encoder learning rate.")
     encoder_freeze_steps: int = _opt(
-        250, "Optimizer steps before the question encoder starts learning: until the generator reads the "
-             "passages, the doc-score gradient is noise that would wreck a pretrained retriever.")
+        50, "Optimizer steps before the question encoder starts learning: the doc-score gradient only helps "
+            "once the generator reads the passages it is given (longer for a generator that must first learn to).")
     weight_decay: float = _opt(0.01, "AdamW weight decay.")
     warmup_steps: int = _opt(50, "Linear warm-up steps.")
     schedule: str = _opt("linear", "Decay after warm-up.", ("linear", "polynomial"))
@@ -130,7 +130,7 @@ class TuneConfig:
     mode: str = _opt("max", "Maximise or minimise the metric.", ("max", "min"))
     grace_period: int = _opt(1, "Epochs before ASHA may stop a trial.")
     search_space: dict = _opt(
-        {"train.lr": {"loguniform": [3e-4, 3e-3]}, "model.label_smoothing": {"choice": [0.0, 0.1]}},
+        {"train.lr": {"loguniform": [1e-4, 1e-3]}, "train.encoder_lr": {"loguniform": [2e-5, 1e-4]}},
         "Dotted training keys -> distributions: {uniform|loguniform: [lo, hi]}, {choice: [...]}, {randint: [lo, hi]}.",
     )
 

@@ -12,7 +12,10 @@ so `jobs/finetune.py` with no arguments has data that only retrieval can answer:
   about 60% of test questions, and among the top 5 for about 97%);
 * dev and test ask about (entity, relation) facts that no training question asks about,
   and answers are fictional words or years, so without the right passage the generator
-  can only guess.
+  can only guess;
+* the generator is a tiny BART that has practised reading on shadow worlds (same words,
+  other people, other facts) before the demo's fine-tuning starts, as a real RAG run starts
+  from a pretrained BART: see `pipeline/demo_generator.py`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.demo_generator import READING_STEPS
 from pipeline.errors import DataError
 
 DEMO_DIR = "runs/demo/data"
@@ -33,7 +37,9 @@ DEMO_DIR = "runs/demo/data"
 NUM_ENTITIES = 700  # x 3 documents = 2100 passages
 SPLIT_SIZES = {"test": 300, "dev": 200, "train": 3000}  # facts asked, one question each
 MAX_DOCUMENT_WORDS = 90  # below the index's 100-word passages, so one document = one passage
-DEMO_VERSION = 2  # bump when the generated content changes, so demos made by older code are replaced
+QUICK_READING_STEPS = 20  # for demos that only have to exist (tests of the plumbing): the generator barely reads
+READING_WORLDS = 6  # shadow worlds the generator practises on: 50,400 examples, none repeated in 3,000 x 16
+DEMO_VERSION = 3  # bump when the generated content changes, so demos made by older code are replaced
 _STAMP = "demo.json"  # {"version", "seed"} of the demo in a directory
 
 
@@ -217,13 +223,21 @@ def _with_article(noun: str) -> str:
     return ("an " if noun[0] in "aeiou" else "a ") + noun
 
 
-def build_knowledge_base(seed: int = 0, num_entities: int = NUM_ENTITIES) -> tuple[list[dict], list[Fact]]:
-    """Documents ({"title", "text"}, three per entity, in entity order) and every fact they state."""
+def build_knowledge_base(seed: int = 0, num_entities: int = NUM_ENTITIES,
+                         shadow: int = 0) -> tuple[list[dict], list[Fact]]:
+    """Documents ({"title", "text"}, three per entity, in entity order) and every fact they state.
+
+    `shadow` > 0 gives a shadow world of the same seed: the same vocabulary of names, towns, rivers,
+    ... but other people with other, independently drawn facts (what the demo generator learns to read
+    on, so that it never sees a fact of the real world).
+    """
     rng = random.Random(seed)
     words = _WordMaker(rng)
     first_names, last_names = words.pool(150, (2,)), words.pool(400, (2,))
     towns, rivers = words.pool(300, (2,)), words.pool(120, (2,))
     companies, pets = words.pool(400, (2, 3)), words.pool(300, (2,))
+    if shadow:
+        rng = random.Random(f"{seed}/shadow {shadow}")
 
     entities: list[str] = []
     taken: set[str] = set()
@@ -303,7 +317,25 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
-def _generate(paths: DemoPaths, seed: int) -> None:
+def shadow_reading_examples(seed: int, worlds: int = READING_WORLDS) -> list:
+    """Every fact of `worlds` shadow worlds as a ReadingExample (the passage stating it, a question, the
+    answer): what the demo generator practises reading on, never a fact of the real world."""
+    from pipeline.demo_generator import ReadingExample
+
+    examples = []
+    for shadow in range(1, worlds + 1):
+        documents, facts = build_knowledge_base(seed, shadow=shadow)
+        rng = random.Random(f"{seed}/reading {shadow}")
+        by_entity: dict[str, list[dict]] = {}
+        for doc in documents:
+            by_entity.setdefault(doc["title"], []).append(doc)
+        for fact in facts:
+            doc = next(d for d in by_entity[fact.entity] if fact.evidence in d["text"])
+            examples.append(ReadingExample(doc["title"], doc["text"], fact.question(rng), fact.answer))
+    return examples
+
+
+def _generate(paths: DemoPaths, seed: int, reading_steps: int) -> None:
     from pipeline.demo_generator import build_generator  # torch/transformers only when generating
 
     documents, facts = build_knowledge_base(seed)
@@ -313,11 +345,15 @@ def _generate(paths: DemoPaths, seed: int) -> None:
         _write_jsonl(getattr(paths, split), rows)
     corpus = [f"{d['title']} / {d['text']}" for d in documents]
     corpus += [f"{r['question']} {r['answers'][0]}" for rows in splits.values() for r in rows]
-    build_generator(paths.generator, corpus, seed)
-    (paths.directory / _STAMP).write_text(json.dumps({"version": DEMO_VERSION, "seed": seed}) + "\n")
+    build_generator(paths.generator, corpus, shadow_reading_examples(seed), seed, reading_steps)
+    (paths.directory / _STAMP).write_text(json.dumps(_stamp(seed, reading_steps)) + "\n")
 
 
-def _reason_to_generate(paths: DemoPaths, seed: int) -> str | None:
+def _stamp(seed: int, reading_steps: int) -> dict:
+    return {"version": DEMO_VERSION, "seed": seed, "reading_steps": reading_steps}
+
+
+def _reason_to_generate(paths: DemoPaths, seed: int, reading_steps: int) -> str | None:
     """None if `paths` holds this version's demo for `seed`, else why it must be (re)generated."""
     if not paths.directory.exists():
         return "absent"
@@ -329,7 +365,7 @@ def _reason_to_generate(paths: DemoPaths, seed: int) -> str | None:
         found = json.loads(stamp.read_text())
     except (OSError, ValueError):
         found = {}
-    if found != {"version": DEMO_VERSION, "seed": seed}:
+    if found != _stamp(seed, reading_steps):
         return f"replacing {found or 'an unversioned demo'}"
     if paths.missing():
         raise DataError(f"{paths.directory}: incomplete demo (missing {', '.join(paths.missing())}); "
@@ -353,8 +389,9 @@ def _move_into_place(tmp: Path, directory: Path, replace: bool) -> None:
             raise
 
 
-def ensure_demo_data(directory: str | Path = DEMO_DIR, seed: int = 0) -> DemoPaths:
-    """Paths of the demo under `directory`, generating it first if absent (seconds).
+def ensure_demo_data(directory: str | Path = DEMO_DIR, seed: int = 0, reading_steps: int = READING_STEPS) -> DemoPaths:
+    """Paths of the demo under `directory`, generating it first if absent (about 2 minutes on 2 cores,
+    nearly all of it the generator's reading practice: `reading_steps`, fewer for tests of the plumbing).
 
     Idempotent: a demo of this version and seed is returned untouched; one from another
     seed or an older version of this module is replaced. Atomic: generation happens in a
@@ -363,7 +400,7 @@ def ensure_demo_data(directory: str | Path = DEMO_DIR, seed: int = 0) -> DemoPat
     demo is never overwritten (DataError).
     """
     paths = DemoPaths.at(directory)
-    reason = _reason_to_generate(paths, seed)
+    reason = _reason_to_generate(paths, seed, reading_steps)
     if reason is None:
         return paths
     paths.directory.parent.mkdir(parents=True, exist_ok=True)
@@ -371,7 +408,7 @@ def ensure_demo_data(directory: str | Path = DEMO_DIR, seed: int = 0) -> DemoPat
     tmp = Path(tempfile.mkdtemp(prefix=f".{paths.directory.name}-", dir=paths.directory.parent))
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the demo from other users of a shared cluster
     try:
-        _generate(DemoPaths.at(tmp), seed)
+        _generate(DemoPaths.at(tmp), seed, reading_steps)
         _move_into_place(tmp, paths.directory, replace=reason != "absent")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

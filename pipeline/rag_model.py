@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from pipeline.encoders import POOLINGS, encode, load_encoder
@@ -239,6 +240,8 @@ def tokenize_targets(generator_tokenizer, generator_config, answers: list[str], 
 def score_documents(question_vectors: torch.Tensor, retrieved_vectors) -> torch.Tensor:
     """doc_scores float[B, k] = inner products of question vectors [B, d] with their passages' [B, k, d]
     (numpy or torch); differentiable in the question vectors."""
+    if isinstance(retrieved_vectors, np.ndarray) and not retrieved_vectors.flags.writeable:
+        retrieved_vectors = retrieved_vectors.copy()  # arrays from Ray's object store are read-only
     vectors = torch.as_tensor(retrieved_vectors, device=question_vectors.device, dtype=question_vectors.dtype)
     if vectors.dim() != 3 or vectors.shape[0] != question_vectors.shape[0] \
             or vectors.shape[2] != question_vectors.shape[1]:

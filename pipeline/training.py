@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -63,10 +64,19 @@ def _autocast(cfg: RunConfig, device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16)
 
 
+def _say(line: str) -> None:
+    """A progress line from a worker, printed once: Ray Train patches print() in its workers to also send
+    each line through the logging module, and both copies reach the driver."""
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every TorchTrainer worker. loop_config: {"run": RunConfig dict, "steps_per_epoch": int}."""
     import ray.train
     import ray.train.torch
+
+    from transformers.utils import logging as hf_logging
 
     from pipeline.evaluation import gather_rows, predict, summarize_rows
     from pipeline.qa_data import load_qa_examples
@@ -77,6 +87,7 @@ def train_loop_per_worker(loop_config: dict) -> None:
     # --- set up
     cfg = config_from_dict(loop_config["run"])
     t = cfg.train
+    hf_logging.disable_progress_bar()  # one bar per checkpoint save and model load, from every worker
     context = ray.train.get_context()
     rank, world = context.get_world_rank(), context.get_world_size()
     device = ray.train.torch.get_device()
@@ -125,9 +136,10 @@ def train_loop_per_worker(loop_config: dict) -> None:
         rag.retrieval_seconds.clear()
         for batch in shard.iter_batches(batch_size=t.batch_size, batch_format="numpy", drop_last=True):
             with _autocast(cfg, device):
-                loss = model(list(batch["question"]), torch.as_tensor(batch["question_ids"], device=device),
-                             torch.as_tensor(batch["question_mask"], device=device),
-                             torch.as_tensor(batch["labels"], device=device))
+                # torch.tensor copies: Ray Data hands out read-only arrays.
+                loss = model(list(batch["question"]), torch.tensor(batch["question_ids"], device=device),
+                             torch.tensor(batch["question_mask"], device=device),
+                             torch.tensor(batch["labels"], device=device))
             scaler.scale(loss / t.grad_accum).backward()
             losses.append(loss.item())
             micro += 1
@@ -142,8 +154,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             scheduler.step()
             state["step"] += 1
             if rank == 0 and state["step"] % 20 == 0:
-                print(f"[train] epoch {epoch + 1} step {state['step']}/{total_steps} "
-                      f"loss {np.mean(losses[-20:]):.3f}", flush=True)
+                _say(f"[train] epoch {epoch + 1} step {state['step']}/{total_steps} "
+                     f"loss {np.mean(losses[-20:]):.3f}")
             if 0 <= t.max_steps <= state["step"]:
                 break
         train_s = time.perf_counter() - started
@@ -158,8 +170,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
             metrics["retrieval_share_of_epoch"] = float(np.sum(retrieval_calls) / max(train_s, 1e-9))
         history.append(metrics)
         if rank == 0:
-            print("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                        for k, v in metrics.items()), flush=True)
+            _say("[train] " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                       for k, v in metrics.items()))
 
         # --- report (rank 0 carries the checkpoint; every rank reports so Train keeps them in step)
         state["epoch"] = epoch + 1

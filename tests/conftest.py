@@ -71,12 +71,12 @@ def tiny_demo(ray_cluster, tmp_path_factory):
 
     Returns a dict of dotted config overrides pointing a RunConfig at it.
     """
-    from pipeline.demo_data import ensure_demo_data
+    from pipeline.demo_data import QUICK_READING_STEPS, ensure_demo_data
     from pipeline.index.build import build_index
     from pipeline.config import IndexConfig, KnowledgeBaseConfig
 
     root = tmp_path_factory.mktemp("tiny_demo")
-    demo = ensure_demo_data(root / "demo")
+    demo = ensure_demo_data(root / "demo", reading_steps=QUICK_READING_STEPS)
     documents = [json.loads(line) for line in demo.documents.read_text().splitlines()[:120]]
     (root / "documents.jsonl").write_text("".join(json.dumps(d) + "\n" for d in documents))
     texts = [d["text"] for d in documents]

@@ -265,12 +265,12 @@ def test_retrieval_service_status_job_finds_the_group_from_another_job(job_clust
 def test_finetune_job_trains_against_the_running_group(job_cluster, retrieval_group, built_index, tmp_path_factory):
     if not (REPO / "jobs" / "finetune.py").exists():
         pytest.skip("jobs/finetune.py does not exist yet")
-    from pipeline.demo_data import ensure_demo_data
+    from pipeline.demo_data import QUICK_READING_STEPS, ensure_demo_data
 
     directory, _ = built_index
     corpus = directory.parent / "documents.jsonl"
     work = tmp_path_factory.mktemp("finetune")
-    demo = ensure_demo_data(work / "demo")  # for its tiny BART generator and QA rows; the index is the test corpus
+    demo = ensure_demo_data(work / "demo", reading_steps=QUICK_READING_STEPS)  # for its tiny BART generator and QA rows; the index is the test corpus
     qa = {}
     for split, rows in (("train", 8), ("dev", 4)):
         qa[split] = work / f"{split}.jsonl"

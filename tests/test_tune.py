@@ -137,10 +137,10 @@ def test_tune_job_rejects_a_bad_search_space_before_starting_ray(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_qa(tmp_path_factory):
     """4 training and 8 dev questions of the demo, and the demo's tiny BART generator."""
-    from pipeline.demo_data import ensure_demo_data
+    from pipeline.demo_data import QUICK_READING_STEPS, ensure_demo_data
 
     root = tmp_path_factory.mktemp("tune_data")
-    demo = ensure_demo_data(root / "demo")
+    demo = ensure_demo_data(root / "demo", reading_steps=QUICK_READING_STEPS)
     for split, rows in (("train", 4), ("dev", 8)):
         lines = getattr(demo, split).read_text().splitlines()[:rows]
         (root / f"{split}.jsonl").write_text("\n".join(lines) + "\n")
