@@ -40,7 +40,7 @@ MAX_DOCUMENT_WORDS = 90  # below the index's 100-word passages, so one document 
 QUICK_READING_STEPS = 20  # for demos that only have to exist (tests of the plumbing): the generator barely reads
 READING_WORLDS = 6  # shadow worlds the generator practises on: 50,400 examples, none repeated in 3,000 x 16
 DEMO_VERSION = 3  # bump when the generated content changes, so demos made by older code are replaced
-_STAMP = "demo.json"  # {"version", "seed"} of the demo in a directory
+_STAMP = "demo.json"  # {"version", "seed", "reading_steps"} of the demo in a directory
 
 
 @dataclass
@@ -229,7 +229,7 @@ def build_knowledge_base(seed: int = 0, num_entities: int = NUM_ENTITIES,
 
     `shadow` > 0 gives a shadow world of the same seed: the same vocabulary of names, towns, rivers,
     ... but other people with other, independently drawn facts (what the demo generator learns to read
-    on, so that it never sees a fact of the real world).
+    on, so that what it reads is not the real world's facts).
     """
     rng = random.Random(seed)
     words = _WordMaker(rng)
@@ -319,7 +319,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 
 def shadow_reading_examples(seed: int, worlds: int = READING_WORLDS) -> list:
     """Every fact of `worlds` shadow worlds as a ReadingExample (the passage stating it, a question, the
-    answer): what the demo generator practises reading on, never a fact of the real world."""
+    answer): what the demo generator practises reading on, drawn independently of the real world."""
     from pipeline.demo_generator import ReadingExample
 
     examples = []
@@ -390,11 +390,11 @@ def _move_into_place(tmp: Path, directory: Path, replace: bool) -> None:
 
 
 def ensure_demo_data(directory: str | Path = DEMO_DIR, seed: int = 0, reading_steps: int = READING_STEPS) -> DemoPaths:
-    """Paths of the demo under `directory`, generating it first if absent (about 2 minutes on 2 cores,
+    """Paths of the demo under `directory`, generating it first if absent (about 4 minutes on 2 cores,
     nearly all of it the generator's reading practice: `reading_steps`, fewer for tests of the plumbing).
 
-    Idempotent: a demo of this version and seed is returned untouched; one from another
-    seed or an older version of this module is replaced. Atomic: generation happens in a
+    Idempotent: a demo of this version, seed and reading_steps is returned untouched; one from
+    other ones or an older version of this module is replaced. Atomic: generation happens in a
     sibling temporary directory renamed into place at the end, so an interrupted run leaves
     nothing half-written. Same seed, same bytes in every file. A directory that is not a
     demo is never overwritten (DataError).

@@ -163,8 +163,9 @@ def train_loop_per_worker(loop_config: dict) -> None:
 
         # --- evaluate
         rows = gather_rows(predict(rag, dev, t.batch_size, rank, world), world)
-        metrics = {"epoch": epoch + 1, "step": state["step"], "resumed_at_step": resumed_at_step, "train_loss": float(np.mean(losses)) if losses else
-                   float("nan"), "epoch_s": round(train_s, 2), **summarize_rows(rows, prefix="dev_")}
+        metrics = {"epoch": epoch + 1, "step": state["step"], "resumed_at_step": resumed_at_step,
+                   "train_loss": float(np.mean(losses)) if losses else float("nan"), "epoch_s": round(train_s, 2),
+                   **summarize_rows(rows, prefix="dev_")}
         if t.profile and retrieval_calls:
             metrics["retrieval_s_per_call"] = float(np.mean(retrieval_calls))
             metrics["retrieval_share_of_epoch"] = float(np.sum(retrieval_calls) / max(train_s, 1e-9))
@@ -203,7 +204,7 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
 
     prepared = prepare_run(cfg)
     t = cfg.train
-    storage = Path(t.output_dir).resolve() / "ray_train"
+    storage = train_storage_dir(t)
     if not t.resume and (storage / "finetune").exists():
         shutil.rmtree(storage / "finetune")
     trainer = make_trainer(cfg, prepared["train_dataset"], prepared["train_examples"], prepared["pooling"])
@@ -255,6 +256,11 @@ def prepare_run(cfg: RunConfig) -> dict:
     return {"train_dataset": train, "pooling": manifest.pooling, "train_examples": reports["train"].valid}
 
 
+def train_storage_dir(t: TrainConfig) -> Path:
+    """Where Ray Train keeps a run's checkpoints (the run itself is the "finetune" folder in it)."""
+    return Path(t.output_dir).resolve() / "ray_train"
+
+
 def make_trainer(cfg: RunConfig, train_dataset, train_examples: int, pooling: str, callbacks=()):
     """The TorchTrainer of one fine-tuning run; its checkpoints live under train.output_dir/ray_train/finetune,
     so a rerun (or a restarted Tune trial) with the same output_dir resumes from the latest one."""
@@ -269,7 +275,7 @@ def make_trainer(cfg: RunConfig, train_dataset, train_examples: int, pooling: st
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RayRunConfig(
-            name="finetune", storage_path=str(Path(t.output_dir).resolve() / "ray_train"),
+            name="finetune", storage_path=str(train_storage_dir(t)),
             failure_config=FailureConfig(max_failures=t.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=2), callbacks=list(callbacks),
         ),
