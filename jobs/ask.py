@@ -4,16 +4,13 @@
     python jobs/ask.py --model runs/x/finetune/model --retrieval.mode local "Who founded Vodas Works?"
 """
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
-
-from pipeline.config import build_parser, parse_config  # noqa: E402
-from pipeline.errors import run_job  # noqa: E402
-from pipeline.rag_model import load_rag_model  # noqa: E402
-from pipeline.rag_with_retrieval import RagWithRetrieval  # noqa: E402
-from pipeline.retrieval.factory import open_retriever  # noqa: E402
+from pipeline.config import build_parser, parse_config
+from pipeline.errors import run_job
+from pipeline.model.rag import load_rag_model
+from pipeline.model.rag_with_retrieval import RagWithRetrieval
+from pipeline.retrieval.factory import open_retriever
 
 
 def main(argv=None) -> int:

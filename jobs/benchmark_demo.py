@@ -10,21 +10,18 @@ Targets: EM >= 0.8 with retrieval, <= 0.2 without, recall@1 gain >= 0.2.
 """
 
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
-
-from pipeline.config import apply_overrides, build_parser, parse_config  # noqa: E402
-from pipeline.errors import run_job  # noqa: E402
-from pipeline.evaluation import evaluate_model, retrieval_metrics  # noqa: E402
-from pipeline.index.manifest import read_manifest  # noqa: E402
-from pipeline.qa_data import load_qa_examples  # noqa: E402
-from pipeline.rag_model import build_rag_model, save_rag_model  # noqa: E402
-from pipeline.ray_session import connect_ray  # noqa: E402
-from pipeline.retrieval.factory import make_retriever  # noqa: E402
-from pipeline.training import prepare_run, run_finetune  # noqa: E402
+from pipeline.config import apply_overrides, build_parser, parse_config
+from pipeline.errors import run_job
+from pipeline.index.manifest import read_manifest
+from pipeline.model.rag import build_rag_model, save_rag_model
+from pipeline.ray_session import connect_ray
+from pipeline.retrieval.factory import make_retriever
+from pipeline.train.evaluation import evaluate_model, retrieval_metrics
+from pipeline.train.finetune import prepare_run, run_finetune
+from pipeline.train.qa_data import load_qa_examples
 
 
 def main(argv=None) -> int:

@@ -15,16 +15,18 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
+import numpy as np
+import ray
 
-import numpy as np  # noqa: E402
-import ray  # noqa: E402
-
-from pipeline.config import RetrievalConfig  # noqa: E402
-from pipeline.ray_session import connect_ray  # noqa: E402
-from pipeline.retrieval.benchmark import write_synthetic_index  # noqa: E402
-from pipeline.retrieval.client import RetrievalClient  # noqa: E402
-from pipeline.retrieval.group import list_members, start_retrieval_group, stop_retrieval_group  # noqa: E402
+from pipeline.bench.retrieval import write_synthetic_index
+from pipeline.config import RetrievalConfig
+from pipeline.ray_session import connect_ray
+from pipeline.retrieval.client import RetrievalClient
+from pipeline.retrieval.group import (
+    list_members,
+    start_retrieval_group,
+    stop_retrieval_group,
+)
 
 
 @ray.remote(num_cpus=0)

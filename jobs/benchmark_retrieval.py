@@ -11,18 +11,20 @@ import argparse
 import dataclasses
 import os
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
+import ray
 
-import ray  # noqa: E402
-
-from pipeline.errors import run_job  # noqa: E402
-from pipeline.ray_session import connect_ray  # noqa: E402
-from pipeline.retrieval.benchmark import BenchmarkSpec, run_benchmark, write_report, write_synthetic_index  # noqa: E402
+from pipeline.bench.retrieval import (
+    BenchmarkSpec,
+    run_benchmark,
+    write_report,
+    write_synthetic_index,
+)
+from pipeline.errors import run_job
+from pipeline.ray_session import connect_ray
 
 
 def parse_spec(argv) -> BenchmarkSpec:

@@ -5,16 +5,11 @@
         --index.factory HNSW32 --index.shards 2 --index.embed_concurrency 4
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
-
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.demo_data import ensure_demo_data  # noqa: E402
-from pipeline.errors import run_job  # noqa: E402
-from pipeline.index.build import build_index  # noqa: E402
-from pipeline.ray_session import connect_ray  # noqa: E402
+from pipeline.config import parse_config
+from pipeline.demo.data import ensure_demo_data
+from pipeline.errors import run_job
+from pipeline.index.build import build_index
+from pipeline.ray_session import connect_ray
 
 
 def main(argv=None) -> int:

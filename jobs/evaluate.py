@@ -7,17 +7,14 @@ Retrieval uses `retrieval.mode`: the running group (`ray`, started if missing) o
 """
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
-
-from pipeline.config import build_parser, parse_config  # noqa: E402
-from pipeline.demo_defaults import fill_demo_defaults  # noqa: E402
-from pipeline.errors import run_job  # noqa: E402
-from pipeline.evaluation import evaluate_model  # noqa: E402
-from pipeline.qa_data import load_qa_examples  # noqa: E402
-from pipeline.retrieval.factory import open_retriever  # noqa: E402
+from pipeline.config import build_parser, parse_config
+from pipeline.demo.defaults import fill_demo_defaults
+from pipeline.errors import run_job
+from pipeline.retrieval.factory import open_retriever
+from pipeline.train.evaluation import evaluate_model
+from pipeline.train.qa_data import load_qa_examples
 
 
 def main(argv=None) -> int:

@@ -9,15 +9,10 @@ streams the QA data with Ray Data into a TorchTrainer, evaluates on dev every ep
 a stopped run from its latest checkpoint, and exports the final model in Hugging Face format.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
-
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.errors import run_job  # noqa: E402
-from pipeline.ray_session import connect_ray  # noqa: E402
-from pipeline.training import format_history, run_finetune, stop_group_unless_kept  # noqa: E402
+from pipeline.config import parse_config
+from pipeline.errors import run_job
+from pipeline.ray_session import connect_ray
+from pipeline.train.finetune import format_history, run_finetune, stop_group_unless_kept
 
 
 def main(argv=None) -> int:

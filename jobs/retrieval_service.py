@@ -8,15 +8,15 @@ The group outlives this command; any job on the cluster connects to it by name.
 """
 
 import json
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
-
-from pipeline.config import build_parser, parse_config  # noqa: E402
-from pipeline.errors import RetrievalError, run_job  # noqa: E402
-from pipeline.ray_session import connect_ray  # noqa: E402
-from pipeline.retrieval.group import group_status, start_retrieval_group, stop_retrieval_group  # noqa: E402
+from pipeline.config import build_parser, parse_config
+from pipeline.errors import RetrievalError, run_job
+from pipeline.ray_session import connect_ray
+from pipeline.retrieval.group import (
+    group_status,
+    start_retrieval_group,
+    stop_retrieval_group,
+)
 
 
 def main(argv=None) -> int:

@@ -11,18 +11,13 @@ Under tune.output_dir: results.csv/.json, a per-epoch plot, best_config.yaml (fo
 and best_model/. Running the same command again resumes an interrupted sweep; finished trials are kept.
 """
 
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `ray job submit --working-dir .` finds pipeline/
-
-from pipeline.config import parse_config  # noqa: E402
-from pipeline.errors import run_job  # noqa: E402
-from pipeline.ray_session import connect_ray  # noqa: E402
-from pipeline.sweep_config import check_sweep_config  # noqa: E402
-from pipeline.sweep_results import format_trials  # noqa: E402
-from pipeline.training import stop_group_unless_kept  # noqa: E402
-from pipeline.tuning import run_tune  # noqa: E402
+from pipeline.config import parse_config
+from pipeline.errors import run_job
+from pipeline.ray_session import connect_ray
+from pipeline.train.finetune import stop_group_unless_kept
+from pipeline.tune.results import format_trials
+from pipeline.tune.search_space import check_sweep_config
+from pipeline.tune.sweep import run_tune
 
 
 def main(argv=None) -> int:

@@ -71,9 +71,9 @@ def tiny_demo(ray_cluster, tmp_path_factory):
 
     Returns a dict of dotted config overrides pointing a RunConfig at it.
     """
-    from pipeline.demo_data import QUICK_READING_STEPS, ensure_demo_data
-    from pipeline.index.build import build_index
     from pipeline.config import IndexConfig, KnowledgeBaseConfig
+    from pipeline.demo.data import QUICK_READING_STEPS, ensure_demo_data
+    from pipeline.index.build import build_index
 
     root = tmp_path_factory.mktemp("tiny_demo")
     demo = ensure_demo_data(root / "demo", reading_steps=QUICK_READING_STEPS)

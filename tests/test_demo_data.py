@@ -8,8 +8,14 @@ import shutil
 
 import pytest
 
-from pipeline.demo_data import (MAX_DOCUMENT_WORDS, QUICK_READING_STEPS, SPLIT_SIZES, build_knowledge_base,
-                                ensure_demo_data, shadow_reading_examples)
+from pipeline.demo.data import (
+    MAX_DOCUMENT_WORDS,
+    QUICK_READING_STEPS,
+    SPLIT_SIZES,
+    build_knowledge_base,
+    ensure_demo_data,
+    shadow_reading_examples,
+)
 from pipeline.errors import DataError
 
 
@@ -58,7 +64,11 @@ def test_reading_practice_teaches_the_generator_to_answer_from_the_passage(demo)
     import torch
     from transformers import AutoTokenizer, BartForConditionalGeneration
 
-    from pipeline.demo_generator import copy_friendly_init, practise_reading, tiny_bart_config
+    from pipeline.demo.generator import (
+        copy_friendly_init,
+        practise_reading,
+        tiny_bart_config,
+    )
 
     tokenizer = AutoTokenizer.from_pretrained(demo.generator)
     torch.manual_seed(0)

@@ -17,8 +17,13 @@ import ray
 from pipeline.config import RunConfig, apply_overrides
 from pipeline.errors import RetrievalError
 from pipeline.retrieval.client import RetrievalClient
-from pipeline.retrieval.group import actor_name, group_status, start_retrieval_group, stop_retrieval_group
-from pipeline.training import run_finetune
+from pipeline.retrieval.group import (
+    actor_name,
+    group_status,
+    start_retrieval_group,
+    stop_retrieval_group,
+)
+from pipeline.train.finetune import run_finetune
 from tests.conftest import TEST_NAMESPACE
 
 

@@ -9,10 +9,10 @@ import pytest
 
 from pipeline.config import RunConfig, apply_overrides, parse_config
 from pipeline.errors import ConfigError, DataError, ModelLoadError
-from pipeline.qa_data import QATokenizer, check_qa_file, read_qa_dataset
-from pipeline.rag_model import load_rag_model
+from pipeline.model.rag import load_rag_model
 from pipeline.retrieval.group import list_members, stop_retrieval_group
-from pipeline.training import prepare_run, run_finetune
+from pipeline.train.finetune import prepare_run, run_finetune
+from pipeline.train.qa_data import QATokenizer, check_qa_file, read_qa_dataset
 from tests.conftest import TEST_NAMESPACE
 
 
@@ -76,7 +76,7 @@ def test_every_qa_format_streams_through_ray_data_tokenized(ray_cluster, tiny_de
 
 
 def _encoder() -> str:
-    from pipeline.encoders import default_encoder_path
+    from pipeline.model.encoders import default_encoder_path
 
     return default_encoder_path()
 

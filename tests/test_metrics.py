@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.metrics import (
-    answer_hit, evidence_rank, exact_match, f1_score, normalize_answer, score_answer, score_retrieval, summarize,
+from pipeline.train.metrics import (
+    answer_hit,
+    evidence_rank,
+    exact_match,
+    f1_score,
+    normalize_answer,
+    score_answer,
+    score_retrieval,
+    summarize,
 )
 
 

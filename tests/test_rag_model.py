@@ -12,9 +12,17 @@ import pytest
 import torch
 
 from pipeline.errors import ModelLoadError
-from pipeline.rag_model import (
-    build_rag_model, encode_questions, format_contexts, generate_answers, load_rag_model, rag_loss,
-    save_rag_model, score_documents, tokenize_contexts, tokenize_targets,
+from pipeline.model.rag import (
+    build_rag_model,
+    encode_questions,
+    format_contexts,
+    generate_answers,
+    load_rag_model,
+    rag_loss,
+    save_rag_model,
+    score_documents,
+    tokenize_contexts,
+    tokenize_targets,
 )
 
 WORDS = ("river stone harbor lantern orchard meadow copper violin falcon ember quartz willow summit canyon "
@@ -77,7 +85,7 @@ def save_tiny_t5(directory: Path) -> Path:
 def save_tiny_bert(directory: Path) -> Path:
     from transformers import BertConfig, BertModel
 
-    from pipeline.encoders import default_encoder_path, load_encoder
+    from pipeline.model.encoders import default_encoder_path, load_encoder
 
     tokenizer, _ = load_encoder(default_encoder_path())
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,

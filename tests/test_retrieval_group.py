@@ -11,7 +11,12 @@ from pipeline.config import RetrievalConfig
 from pipeline.errors import RetrievalError
 from pipeline.index.manifest import open_vectors, read_manifest
 from pipeline.retrieval.client import RetrievalClient
-from pipeline.retrieval.group import group_status, list_members, start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group import (
+    group_status,
+    list_members,
+    start_retrieval_group,
+    stop_retrieval_group,
+)
 from pipeline.retrieval.local import LocalRetriever
 from tests.conftest import TEST_NAMESPACE
 

@@ -13,8 +13,14 @@ import pytest
 
 from pipeline.config import RunConfig, load_yaml, set_key
 from pipeline.errors import ConfigError
-from pipeline.sweep_config import (DATA_CPUS, TRIAL_DRIVER_CPUS, check_sweep_config, concurrent_trials,
-                                   reported_metrics, to_tune_domains)
+from pipeline.tune.search_space import (
+    DATA_CPUS,
+    TRIAL_DRIVER_CPUS,
+    check_sweep_config,
+    concurrent_trials,
+    reported_metrics,
+    to_tune_domains,
+)
 from tests.conftest import TEST_NAMESPACE
 
 
@@ -114,7 +120,7 @@ def test_concurrent_trials_fit_the_cluster_cpus():
 
 @pytest.mark.parametrize("epochs, grace_period", [(2, 1), (5, 1), (6, 1), (16, 1), (6, 2), (3, 3)])
 def test_asha_never_judges_a_trial_at_its_last_epoch(epochs, grace_period):
-    from pipeline.tuning import make_scheduler
+    from pipeline.tune.sweep import make_scheduler
 
     # A stop kills the trial's Train driver; at the last report that saves nothing and only risks its resources.
     cfg = _config(train__epochs=epochs, tune__grace_period=grace_period)
@@ -137,7 +143,7 @@ def test_tune_job_rejects_a_bad_search_space_before_starting_ray(monkeypatch):
 @pytest.fixture(scope="module")
 def tiny_qa(tmp_path_factory):
     """4 training and 8 dev questions of the demo, and the demo's tiny BART generator."""
-    from pipeline.demo_data import QUICK_READING_STEPS, ensure_demo_data
+    from pipeline.demo.data import QUICK_READING_STEPS, ensure_demo_data
 
     root = tmp_path_factory.mktemp("tune_data")
     demo = ensure_demo_data(root / "demo", reading_steps=QUICK_READING_STEPS)
@@ -193,9 +199,9 @@ def test_sweep_trials_share_one_retrieval_group_and_export_the_best_model(
         ray_cluster, corpus_file, flat_index, tiny_qa, tmp_path):
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    from pipeline.rag_model import load_rag_model
+    from pipeline.model.rag import load_rag_model
     from pipeline.retrieval.group import group_status, stop_retrieval_group
-    from pipeline.tuning import run_tune
+    from pipeline.tune.sweep import run_tune
 
     group = f"tune-test-{uuid.uuid4().hex[:6]}"
     tune_dir = tmp_path / "tune"

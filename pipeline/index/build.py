@@ -19,11 +19,21 @@ import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.config import IndexConfig, KnowledgeBaseConfig
-from pipeline.encoders import POOLINGS, PassageEmbedder, resolve_encoder
-from pipeline.errors import ConfigError, DataError, IndexFormatError, unwrap_pipeline_error
-from pipeline.index.manifest import (
-    PASSAGES, VECTORS, IndexManifest, even_shard_offsets, open_vectors, shard_file,
+from pipeline.errors import (
+    ConfigError,
+    DataError,
+    IndexFormatError,
+    unwrap_pipeline_error,
 )
+from pipeline.index.manifest import (
+    PASSAGES,
+    VECTORS,
+    IndexManifest,
+    even_shard_offsets,
+    open_vectors,
+    shard_file,
+)
+from pipeline.model.encoders import POOLINGS, PassageEmbedder, resolve_encoder
 from pipeline.table_files import iter_checked_rows, read_dataset, require_text
 
 _ADD_CHUNK = 65_536

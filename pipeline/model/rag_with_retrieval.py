@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.encoders import pool
-from pipeline.rag_model import RagParts, generate_answers, rag_loss, tokenize_contexts
+from pipeline.model.encoders import pool
+from pipeline.model.rag import RagParts, generate_answers, rag_loss, tokenize_contexts
 from pipeline.retrieval.result import RetrievalResult
 
 

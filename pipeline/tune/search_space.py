@@ -58,7 +58,7 @@ class Distribution:
 
 def reported_metrics(cfg: RunConfig) -> list[str]:
     """Names of the metrics every trial reports per epoch (what tune.metric may name)."""
-    from pipeline.metrics import summarize
+    from pipeline.train.metrics import summarize
 
     names = list(TRAIN_LOOP_METRICS) + [f"dev_{key}" for key in summarize([])]
     return names + (list(PROFILE_METRICS) if cfg.train.profile else [])
@@ -71,7 +71,7 @@ def max_epochs(cfg: RunConfig, space: dict[str, Distribution]) -> int:
 
 def check_sweep_config(cfg: RunConfig) -> dict[str, Distribution]:
     """ConfigError (one line naming the key) for anything a sweep cannot run; else the parsed search space."""
-    from pipeline.run_checks import check_run_config
+    from pipeline.train.checks import check_run_config
 
     t = cfg.tune
     for key, value in {"tune.num_samples": t.num_samples, "tune.max_concurrent_trials": t.max_concurrent_trials,
@@ -146,7 +146,7 @@ def _number(value: Any, kind: str, where: str) -> float | int:
 
 def _checked_value(cfg: RunConfig, key: str, value: Any, where: str) -> Any:
     """`value` converted to the key's type, after checking that a run with it passes the run checks."""
-    from pipeline.run_checks import check_run_config
+    from pipeline.train.checks import check_run_config
 
     trial = apply_overrides(cfg, {})
     set_key(trial, key, value, where=where)

@@ -1,7 +1,7 @@
 """What a sweep leaves behind: a results table (terminal, CSV, JSON), the tuned metric per epoch (PNG),
 the best trial's config (YAML that `jobs/finetune.py --config` loads) and its model in Hugging Face format.
 
-Rows are the plain dicts `pipeline.tuning` makes from Tune's ResultGrid:
+Rows are the plain dicts `pipeline.tune.sweep` makes from Tune's ResultGrid:
 {"trial_id", "status", "overrides": {dotted key: value}, "metrics": last report, "checkpoint_path", "history", "error"}.
 """
 
@@ -76,8 +76,8 @@ def copy_best_model(best: dict, destination: Path) -> None:
     """Copy the model saved in the best trial's last checkpoint to `destination`, and check that it loads."""
     import ray.train
 
-    from pipeline.rag_model import load_rag_model
-    from pipeline.training import CHECKPOINT_MODEL
+    from pipeline.model.rag import load_rag_model
+    from pipeline.train.finetune import CHECKPOINT_MODEL
 
     if not best["checkpoint_path"]:
         raise RuntimeError(f"best trial {best['trial_id']} reported no checkpoint")

@@ -31,8 +31,14 @@ import yaml
 
 from pipeline.config import RunConfig, apply_overrides, config_from_dict
 from pipeline.errors import ConfigError, unwrap_pipeline_error
-from pipeline.sweep_config import (TRIAL_DRIVER_CPUS, check_sweep_config, concurrent_trials, max_epochs,
-                                   reported_metrics, to_tune_domains)
+from pipeline.tune.search_space import (
+    TRIAL_DRIVER_CPUS,
+    check_sweep_config,
+    concurrent_trials,
+    max_epochs,
+    reported_metrics,
+    to_tune_domains,
+)
 
 SWEEP_NAME = "sweep"
 SWEEP_CONFIG = "sweep_config.yaml"
@@ -49,7 +55,7 @@ def train_trial(trial_config: dict, base: dict, train_dataset, train_examples: i
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.training import make_trainer
+    from pipeline.train.finetune import make_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
@@ -100,8 +106,8 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     from ray import tune
 
     from pipeline.retrieval.group import list_members
-    from pipeline.sweep_results import write_sweep_results
-    from pipeline.training import prepare_run
+    from pipeline.train.finetune import prepare_run
+    from pipeline.tune.results import write_sweep_results
 
     space = check_sweep_config(cfg)
     prepared = prepare_run(cfg)  # once for every trial; fills demo paths and makes them absolute
@@ -192,7 +198,7 @@ def _checkpoint_history(checkpoint_path: str) -> list[dict]:
     """The per-epoch metrics the training loop saves in each checkpoint (read alone, not the whole checkpoint)."""
     import ray.train
 
-    from pipeline.training import CHECKPOINT_HISTORY
+    from pipeline.train.finetune import CHECKPOINT_HISTORY
 
     checkpoint = ray.train.Checkpoint(checkpoint_path)
     try:

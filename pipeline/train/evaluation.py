@@ -14,19 +14,19 @@ import math
 
 import torch
 
-from pipeline.metrics import score_answer, score_retrieval, summarize
-from pipeline.qa_data import QAExample
+from pipeline.train.metrics import score_answer, score_retrieval, summarize
+from pipeline.train.qa_data import QAExample
 
 
 def score_row(example: QAExample, prediction: str, passages: list[str]) -> dict:
-    """One prediction scored against its example (answer and retrieval parts, see pipeline.metrics)."""
+    """One prediction scored against its example (answer and retrieval parts, see pipeline.train.metrics)."""
     return {"question": example.question, "prediction": prediction, "answers": example.answers,
             **score_answer(prediction, example.answers),
             **score_retrieval(passages, example.answers, example.evidence), "passages": passages}
 
 
 def summarize_rows(rows: list[dict], prefix: str = "") -> dict:
-    """`pipeline.metrics.summarize` with keys prefixed (e.g. dev_exact_match); None becomes NaN for reports."""
+    """`pipeline.train.metrics.summarize` with keys prefixed (e.g. dev_exact_match); None becomes NaN for reports."""
     return {f"{prefix}{key}": float("nan") if value is None else value for key, value in summarize(rows).items()}
 
 
@@ -58,8 +58,8 @@ def gather_rows(rows: list[dict], world: int) -> list[dict]:
 
 def evaluate_model(model_dir: str, examples: list[QAExample], retriever, cfg, batch_size: int = 32) -> tuple[dict, list[dict]]:
     """Load a saved RAG model (HF format) and score it on `examples` in this process: (metrics, rows)."""
-    from pipeline.rag_model import load_rag_model
-    from pipeline.rag_with_retrieval import RagWithRetrieval
+    from pipeline.model.rag import load_rag_model
+    from pipeline.model.rag_with_retrieval import RagWithRetrieval
 
     rag = RagWithRetrieval(load_rag_model(model_dir), retriever, cfg)
     rows = predict(rag, examples, batch_size)
@@ -70,7 +70,7 @@ def evaluate_model(model_dir: str, examples: list[QAExample], retriever, cfg, ba
 def retrieval_metrics(encoder: str, pooling: str, max_length: int, examples: list[QAExample], retriever, k: int,
                       batch_size: int = 64) -> dict:
     """hit@k / recall@1 / recall@k of a question encoder alone (no generation), e.g. before fine-tuning."""
-    from pipeline.encoders import encode, load_encoder
+    from pipeline.model.encoders import encode, load_encoder
 
     tokenizer, model = load_encoder(encoder)
     model.eval()

@@ -49,7 +49,7 @@ def _optimizer(parts, cfg: RunConfig) -> torch.optim.Optimizer:
 
 
 def _save_checkpoint(directory: Path, parts, optimizer, scheduler, state: dict, history: list[dict]) -> None:
-    from pipeline.rag_model import save_rag_model
+    from pipeline.model.rag import save_rag_model
 
     save_rag_model(parts, directory / CHECKPOINT_MODEL)
     # Tensors and plain numbers only, so loading can use weights_only=True (no pickled code).
@@ -75,14 +75,13 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every TorchTrainer worker. loop_config: {"run": RunConfig dict, "steps_per_epoch": int}."""
     import ray.train
     import ray.train.torch
-
     from transformers.utils import logging as hf_logging
 
-    from pipeline.evaluation import gather_rows, predict, summarize_rows
-    from pipeline.qa_data import load_qa_examples
-    from pipeline.rag_model import build_rag_model, load_rag_model
-    from pipeline.rag_with_retrieval import RagWithRetrieval
+    from pipeline.model.rag import build_rag_model, load_rag_model
+    from pipeline.model.rag_with_retrieval import RagWithRetrieval
     from pipeline.retrieval.factory import make_retriever
+    from pipeline.train.evaluation import gather_rows, predict, summarize_rows
+    from pipeline.train.qa_data import load_qa_examples
 
     # --- set up
     cfg = config_from_dict(loop_config["run"])
@@ -200,7 +199,7 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
 
     Needs a connected Ray. Everything that can be wrong with the input fails here, before any training step.
     """
-    from pipeline.rag_model import load_rag_model
+    from pipeline.model.rag import load_rag_model
 
     prepared = prepare_run(cfg)
     t = cfg.train
@@ -224,11 +223,11 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
 
 def prepare_run(cfg: RunConfig) -> dict:
     """Everything before training: demo defaults, config/data/model/index checks, retrieval group, datasets."""
-    from pipeline.demo_defaults import fill_demo_defaults
+    from pipeline.demo.defaults import fill_demo_defaults
     from pipeline.index.build import build_index
     from pipeline.index.manifest import read_manifest
-    from pipeline.qa_data import QATokenizer, check_qa_file, read_qa_dataset
-    from pipeline.run_checks import check_model_fits_index, check_run_config
+    from pipeline.train.checks import check_model_fits_index, check_run_config
+    from pipeline.train.qa_data import QATokenizer, check_qa_file, read_qa_dataset
 
     fill_demo_defaults(cfg)
     check_run_config(cfg)
@@ -264,7 +263,8 @@ def train_storage_dir(t: TrainConfig) -> Path:
 def make_trainer(cfg: RunConfig, train_dataset, train_examples: int, pooling: str, callbacks=()):
     """The TorchTrainer of one fine-tuning run; its checkpoints live under train.output_dir/ray_train/finetune,
     so a rerun (or a restarted Tune trial) with the same output_dir resumes from the latest one."""
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig as RayRunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+    from ray.train import RunConfig as RayRunConfig
     from ray.train.torch import TorchTrainer
 
     t = cfg.train

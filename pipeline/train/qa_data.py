@@ -18,7 +18,13 @@ import numpy as np
 
 from pipeline.config import DataConfig
 from pipeline.errors import DataError
-from pipeline.table_files import FORMATS, column_names, iter_checked_rows, read_dataset, require_text
+from pipeline.table_files import (
+    FORMATS,
+    column_names,
+    iter_checked_rows,
+    read_dataset,
+    require_text,
+)
 
 SEQ2SEQ_SUFFIX = ".source"
 
@@ -170,7 +176,7 @@ class QATokenizer:
         self.max_question_length, self.max_target_length = max_question_length, max_target_length
 
     def __call__(self, batch: dict) -> dict:
-        from pipeline.rag_model import tokenize_targets
+        from pipeline.model.rag import tokenize_targets
 
         questions = [str(q) for q in batch["question"]]
         encoded = _tokenizer(self.question_tokenizer)(

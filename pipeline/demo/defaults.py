@@ -15,7 +15,7 @@ def fill_demo_defaults(config: RunConfig) -> RunConfig:
                   or not (config.data.train and config.data.dev and config.data.test))
     if not needs_demo:
         return config
-    from pipeline.demo_data import ensure_demo_data
+    from pipeline.demo.data import ensure_demo_data
 
     demo = ensure_demo_data()
     if needs_documents:

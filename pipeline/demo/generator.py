@@ -39,7 +39,14 @@ SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 def train_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE):
     """A `PreTrainedTokenizerFast` with byte-level BPE learned on `corpus` and BART's special tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (
+        Tokenizer,
+        decoders,
+        models,
+        pre_tokenizers,
+        processors,
+        trainers,
+    )
     from transformers import PreTrainedTokenizerFast
 
     tokenizer = Tokenizer(models.BPE(unk_token="<unk>"))
@@ -116,7 +123,7 @@ def practise_reading(model, tokenizer, examples: list[ReadingExample], seed: int
 
     import torch
 
-    from pipeline.rag_model import format_contexts
+    from pipeline.model.rag import format_contexts
 
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

@@ -15,7 +15,7 @@ so `jobs/finetune.py` with no arguments has data that only retrieval can answer:
   can only guess;
 * the generator is a tiny BART that has practised reading on shadow worlds (same words,
   other people, other facts) before the demo's fine-tuning starts, as a real RAG run starts
-  from a pretrained BART: see `pipeline/demo_generator.py`.
+  from a pretrained BART: see `pipeline/demo/generator.py`.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.demo_generator import READING_STEPS
+from pipeline.demo.generator import READING_STEPS
 from pipeline.errors import DataError
 
 DEMO_DIR = "runs/demo/data"
@@ -320,7 +320,7 @@ def _write_jsonl(path: Path, rows: list[dict]) -> None:
 def shadow_reading_examples(seed: int, worlds: int = READING_WORLDS) -> list:
     """Every fact of `worlds` shadow worlds as a ReadingExample (the passage stating it, a question, the
     answer): what the demo generator practises reading on, drawn independently of the real world."""
-    from pipeline.demo_generator import ReadingExample
+    from pipeline.demo.generator import ReadingExample
 
     examples = []
     for shadow in range(1, worlds + 1):
@@ -336,7 +336,9 @@ def shadow_reading_examples(seed: int, worlds: int = READING_WORLDS) -> list:
 
 
 def _generate(paths: DemoPaths, seed: int, reading_steps: int) -> None:
-    from pipeline.demo_generator import build_generator  # torch/transformers only when generating
+    from pipeline.demo.generator import (
+        build_generator,  # torch/transformers only when generating
+    )
 
     documents, facts = build_knowledge_base(seed)
     splits = build_splits(_unique_evidence(documents, facts), seed)

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.encoders import POOLINGS, encode, load_encoder
 from pipeline.errors import ConfigError, ModelLoadError
+from pipeline.model.encoders import POOLINGS, encode, load_encoder
 
 MODEL_TYPES = ("rag_sequence", "rag_token")
 PARTS_FILE = "rag_parts.json"

@@ -27,8 +27,19 @@ import pyarrow.parquet as pq
 import ray
 
 from pipeline.config import RetrievalConfig
-from pipeline.index.manifest import MANIFEST, PASSAGES, VECTORS, IndexManifest, read_manifest, shard_file
-from pipeline.retrieval.group import group_status, start_retrieval_group, stop_retrieval_group
+from pipeline.index.manifest import (
+    MANIFEST,
+    PASSAGES,
+    VECTORS,
+    IndexManifest,
+    read_manifest,
+    shard_file,
+)
+from pipeline.retrieval.group import (
+    group_status,
+    start_retrieval_group,
+    stop_retrieval_group,
+)
 
 
 @dataclass

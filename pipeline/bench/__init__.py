@@ -1,0 +1,1 @@
+"""Benchmark pieces behind jobs/benchmark_*.py (timing, synthetic indexes, reports)."""
