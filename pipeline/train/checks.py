@@ -2,33 +2,21 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-from pipeline.config import RunConfig
+from pipeline.config import RunConfig, check_section
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.index.manifest import IndexManifest
 
 
 def check_run_config(cfg: RunConfig) -> None:
-    """ConfigError naming the key for values no run can use."""
-    t, m = cfg.train, cfg.model
-    positive = {"train.num_workers": t.num_workers, "train.epochs": t.epochs, "train.batch_size": t.batch_size,
-                "train.grad_accum": t.grad_accum, "train.checkpoint_every_epochs": t.checkpoint_every_epochs,
-                "model.n_docs": m.n_docs, "model.max_source_length": m.max_source_length,
-                "model.max_target_length": m.max_target_length, "retrieval.replicas": cfg.retrieval.replicas}
-    for key, value in positive.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
-    for key, value in {"train.lr": t.lr, "train.encoder_lr": t.encoder_lr}.items():
-        if not value > 0:
-            raise ConfigError(f"{key}: must be > 0, got {value}")
-    if not 0 <= m.label_smoothing < 1:
-        raise ConfigError(f"model.label_smoothing: must be in [0, 1), got {m.label_smoothing}")
-    if m.dropout >= 1:
-        raise ConfigError(f"model.dropout: must be < 1 (negative keeps the checkpoint's), got {m.dropout}")
-    if cfg.retrieval.mode == "local" and t.num_workers > 1:
+    """ConfigError naming the keys for combinations no run can use (single-field bounds live with the options)."""
+    for section in dataclasses.fields(cfg):
+        check_section(getattr(cfg, section.name), section.name)
+    if cfg.retrieval.mode == "local" and cfg.train.num_workers > 1:
         raise ConfigError("retrieval.mode: 'local' loads the index in every worker; use 'ray' or 'torch' "
-                          f"with train.num_workers={t.num_workers}")
+                          f"with train.num_workers={cfg.train.num_workers}")
 
 
 def check_model_fits_index(question_encoder: str, generator: str, manifest: IndexManifest, index_dir: str) -> None:

@@ -74,18 +74,14 @@ def check_sweep_config(cfg: RunConfig) -> dict[str, Distribution]:
     from pipeline.train.checks import check_run_config
 
     t = cfg.tune
-    for key, value in {"tune.num_samples": t.num_samples, "tune.max_concurrent_trials": t.max_concurrent_trials,
-                       "tune.grace_period": t.grace_period}.items():
-        if value < 1:
-            raise ConfigError(f"{key}: must be >= 1, got {value}")
     if cfg.retrieval.mode != "ray":
         raise ConfigError(f"retrieval.mode: the trials of a sweep share one retrieval group; use 'ray', "
                           f"not {cfg.retrieval.mode!r}")
+    check_run_config(cfg)  # the base config first, so a bad base value is not blamed on the search space
     metrics = reported_metrics(cfg)
     if t.metric not in metrics:
         raise ConfigError(f"tune.metric: {t.metric!r} is never reported; the training loop reports "
                           f"{', '.join(metrics)}")
-    check_run_config(cfg)  # the base config first, so a bad base value is not blamed on the search space
     space = {key: _parse_distribution(cfg, key, spec) for key, spec in t.search_space.items()}
     if t.grace_period > max_epochs(cfg, space):
         raise ConfigError(f"tune.grace_period: {t.grace_period} epochs, but trials run at most "
