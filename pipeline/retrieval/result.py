@@ -41,3 +41,13 @@ def merge_results(parts: list[RetrievalResult], k: int) -> RetrievalResult:
         titles=[[titles[b][j] for j in order[b]] for b in range(len(ids))],
         texts=[[texts[b][j] for j in order[b]] for b in range(len(ids))],
     )
+
+
+def take_columns(result: RetrievalResult, columns: np.ndarray) -> RetrievalResult:
+    """The passages at `columns` int64[B, k'] of each question's row (e.g. a reranked top k'), in that order."""
+    rows = np.arange(len(result.ids))[:, None]
+    return RetrievalResult(
+        ids=result.ids[rows, columns], scores=result.scores[rows, columns], vectors=result.vectors[rows, columns],
+        titles=[[result.titles[b][j] for j in columns[b]] for b in range(len(columns))],
+        texts=[[result.texts[b][j] for j in columns[b]] for b in range(len(columns))],
+    )

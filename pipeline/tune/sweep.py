@@ -22,7 +22,6 @@ Layout of tune.output_dir (on a multi-node cluster, storage every node sees, as 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ import yaml
 
 from pipeline.config import RunConfig, apply_overrides, config_from_dict
 from pipeline.errors import ConfigError, unwrap_pipeline_error
+from pipeline.train.checkpoints import read_history
 from pipeline.tune.search_space import (
     TRIAL_DRIVER_CPUS,
     check_sweep_config,
@@ -46,8 +46,7 @@ SWEEP_CONFIG = "sweep_config.yaml"
 
 # ----------------------------------------------------------------------------- one trial
 
-def train_trial(trial_config: dict, base: dict, train_dataset, train_examples: int, pooling: str,
-                trials_dir: str) -> None:
+def train_trial(trial_config: dict, base: dict, prepared, trials_dir: str) -> None:
     """One Tune trial: fine-tune `base` + trial_config["overrides"] (dotted keys) as one TorchTrainer run.
 
     Runs as the Train driver inside the trial actor. Its per-epoch reports reach Tune via TuneReportCallback.
@@ -60,8 +59,7 @@ def train_trial(trial_config: dict, base: dict, train_dataset, train_examples: i
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
     cfg.train.output_dir = str(Path(trials_dir) / trial_id)
-    trainer = make_trainer(cfg, train_dataset, train_examples, pooling, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
 
 
 def _plain(overrides: dict) -> dict:
@@ -117,9 +115,7 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     _record_sweep_config(out, cfg, restored)
 
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=cfg.to_dict(), train_dataset=prepared["train_dataset"],
-                             train_examples=prepared["train_examples"], pooling=prepared["pooling"],
-                             trials_dir=str(out / "trials")),
+        tune.with_parameters(train_trial, base=cfg.to_dict(), prepared=prepared, trials_dir=str(out / "trials")),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
     if restored:
@@ -178,7 +174,7 @@ def _trial_rows(grid, metric_names: list[str]) -> list[dict]:
         checkpoints = [r["checkpoint_path"] for r in reports if isinstance(r.get("checkpoint_path"), str)]
         # A trial resumed by a restored sweep reports to Tune only the epochs after its checkpoint; the
         # checkpoint's own history holds the earlier ones.
-        by_epoch = {h["epoch"]: h for h in (_checkpoint_history(checkpoints[-1]) if checkpoints else [])}
+        by_epoch = {h["epoch"]: h for h in (read_history(checkpoints[-1]) if checkpoints else [])}
         by_epoch.update({r["epoch"]: r for r in reports if r.get("epoch") == r.get("epoch")})  # NaN: no epoch
         history = [{k: r[k] for k in metric_names if k in r and r[k] == r[k]} for _, r in sorted(by_epoch.items())]
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
@@ -192,20 +188,6 @@ def _trial_rows(grid, metric_names: list[str]) -> list[dict]:
             "error": str(result.error).splitlines()[0] if result.error else None,
         })
     return sorted(rows, key=lambda row: row["trial_id"])
-
-
-def _checkpoint_history(checkpoint_path: str) -> list[dict]:
-    """The per-epoch metrics the training loop saves in each checkpoint (read alone, not the whole checkpoint)."""
-    import ray.train
-
-    from pipeline.train.finetune import CHECKPOINT_HISTORY
-
-    checkpoint = ray.train.Checkpoint(checkpoint_path)
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{CHECKPOINT_HISTORY}") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return []
 
 
 def _record_sweep_config(out: Path, cfg: RunConfig, restoring: bool) -> None:
