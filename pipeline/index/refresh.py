@@ -14,7 +14,6 @@ A refresh that fails removes what it wrote and raises; the group keeps serving w
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import ray
@@ -43,12 +42,11 @@ def refresh_index(location: str, base_encoder: str, weights: list, step: int, ru
     from pipeline.index.manifest import IndexManifest, read_manifest
     from pipeline.index.versions import begin_version, discard_building, publish_version
     from pipeline.model.encoders import load_encoder
-    from pipeline.retrieval.rollout import read_group_record, roll_group_forward
+    from pipeline.retrieval.rollout import roll_group_forward, served_version
 
     cfg = config_from_dict(run)
     started = time.perf_counter()
-    record = read_group_record(cfg.retrieval.group, cfg.retrieval.namespace)
-    source = Path(record["location"]) / record["active"]
+    source = served_version(cfg.retrieval.group, cfg.retrieval.namespace).directory
     served = read_manifest(source)
     building = begin_version(location)
     try:

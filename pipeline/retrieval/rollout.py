@@ -8,7 +8,9 @@
       4. replicas drop all but the new and the previous version; versions no group holds leave the disk
 
 The group record lives in Ray's internal key-value store (in the GCS, so it lives as long as the cluster, like
-the detached actors it describes): {"location", "active", "held": [...]}. Nothing here imports torch.
+the detached actors it describes): {"active": version directory, "held": [version directories]}. Directories,
+not names, because a group may move between locations (a Tune trial starts on the shared index and refreshes
+into its own location). Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pathlib import Path
 import ray
 
 from pipeline.errors import RetrievalError
-from pipeline.index.versions import IndexVersion, remove_versions
+from pipeline.index.versions import IndexVersion, remove_versions, resolve_version
 
 _KV_NAMESPACE = "rag-retrieval-groups"
 
@@ -30,12 +32,19 @@ def _key(group: str, namespace: str) -> bytes:
     return f"{namespace}/{group}".encode()
 
 
-def write_group_record(group: str, namespace: str, active: IndexVersion, held: list[str]) -> None:
+def write_group_record(group: str, namespace: str, active: IndexVersion, held: list[IndexVersion]) -> None:
     """Record which version the group serves (and which it still holds) for restarts and pruning."""
     from ray.experimental.internal_kv import _internal_kv_put
 
-    record = {"location": str(active.location), "active": active.name, "held": sorted(set(held) | {active.name})}
+    record = {"active": str(active.directory),
+              "held": sorted({str(v.directory) for v in held} | {str(active.directory)})}
     _internal_kv_put(_key(group, namespace), json.dumps(record).encode(), overwrite=True, namespace=_KV_NAMESPACE)
+
+
+def served_version(group: str, namespace: str) -> IndexVersion | None:
+    """The version the group serves, from its record (None if the group has none)."""
+    record = read_group_record(group, namespace)
+    return resolve_version(record["active"]) if record else None
 
 
 def read_group_record(group: str, namespace: str) -> dict | None:
@@ -55,13 +64,13 @@ def versions_in_use(location: str | Path) -> set[str]:
     """Names of the versions of `location` that any retrieval group of this cluster holds."""
     from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
 
-    location = str(Path(location).resolve())
+    location = Path(location).resolve()
     held = set()
     for key in _internal_kv_list(b"", namespace=_KV_NAMESPACE):
         raw = _internal_kv_get(key, namespace=_KV_NAMESPACE)
-        record = json.loads(raw) if raw else {}
-        if record.get("location") == location:
-            held |= set(record.get("held", []))
+        for directory in (json.loads(raw) if raw else {}).get("held", []):
+            if Path(directory).parent == location:
+                held.add(Path(directory).name)
     return held
 
 
@@ -94,21 +103,22 @@ def roll_group_forward(group: str, namespace: str, version: IndexVersion, timeou
     handles = [ray.get_actor(m.name, namespace=namespace) for m in members]
     if not handles:
         raise RetrievalError(f"retrieval group {group!r} not found in namespace {namespace!r}")
-    record = read_group_record(group, namespace) or {}
-    previous = record.get("active", "")
+    previous = served_version(group, namespace)
     for handle, member in zip(handles, members):
         try:
             ray.get(handle.load_version.remote(str(version.directory)), timeout=timeout_s)
         except (ray.exceptions.RayError, ValueError) as e:
             raise RetrievalError(f"retrieval group {group!r}: replica {member.name} could not load "
                                  f"{version.directory} ({str(e).splitlines()[0][:200]}); it keeps serving "
-                                 f"{previous or 'its version'}") from None
+                                 f"{previous.directory if previous else 'its version'}") from None
     load_s = time.perf_counter() - started
-    keep = [version.name] + ([previous] if previous else [])
+    keep = [version] + ([previous] if previous else [])
     write_group_record(group, namespace, version, keep)
     # activate() loads the version itself if Ray restarted the actor meanwhile (it came back on the old one).
     ray.get([h.activate.remote(str(version.directory)) for h in handles], timeout=timeout_s)
-    ray.get([h.drop_versions.remote(keep) for h in handles], timeout=timeout_s)
+    ray.get([h.drop_versions.remote([str(v.directory) for v in keep]) for h in handles], timeout=timeout_s)
     removed = prune_unused_versions(version.location)
-    return Rollout(version.name, previous, len(handles), round(load_s, 3), round(time.perf_counter() - started, 3),
-                   removed)
+    if previous and previous.location != version.location:
+        removed += prune_unused_versions(previous.location)
+    return Rollout(version.name, previous.name if previous else "", len(handles), round(load_s, 3),
+                   round(time.perf_counter() - started, 3), removed)

@@ -26,9 +26,7 @@ class IndexRefresh:
         for key, value in {"done": [], "skipped": 0, "failed": 0, "stall_s": 0.0}.items():
             self.state.setdefault(key, value)
         self.pending = None  # (ObjectRef of the task, step its weights are from)
-        from pipeline.index.versions import resolve_version
-
-        self.initial_version = resolve_version(cfg.index.directory).name  # served before this run's first refresh
+        self.initial_version = self.served().name  # served before this run's first refresh
 
     def after_step(self, step: int, parts) -> None:
         """Called after every optimizer step: finish a refresh that is done; start one when due. Every second
@@ -56,8 +54,14 @@ class IndexRefresh:
         # CPU copies: the task may run on another node, and the object store holds them until it reads them.
         weights = ray.put({name: tensor.detach().cpu() for name, tensor in parts.context_encoder.state_dict().items()})
         cfg = self.cfg
-        return refresh_index.remote(cfg.index.directory, cfg.model.context_encoder, [weights], step,
-                                    cfg.to_dict())
+        location = cfg.refresh.location or str(self.served().location)
+        return refresh_index.remote(location, cfg.model.context_encoder, [weights], step, cfg.to_dict())
+
+    def served(self):
+        """The IndexVersion the retrieval group serves now."""
+        from pipeline.retrieval.rollout import served_version
+
+        return served_version(self.cfg.retrieval.group, self.cfg.retrieval.namespace)
 
     def poll(self, step: int | None = None) -> None:
         """Finish the pending refresh if its task has ended (never blocks)."""
