@@ -70,6 +70,10 @@ class RetrievalConfig:
     actor_num_cpus: float = _opt(0.5, "CPUs reserved per retrieval actor.", ge=0)
     actor_resources: dict = _opt({}, "Extra Ray resources per retrieval actor, e.g. {retrieval_node: 0.01}.")
     faiss_threads: int = _opt(1, "Threads one retrieval actor searches with (FAISS OpenMP threads).", ge=1)
+    actor_env: dict = _opt(
+        {"OMP_WAIT_POLICY": "PASSIVE"},
+        "Environment variables of each retrieval actor's process. PASSIVE: idle OpenMP threads sleep instead of "
+        "spinning, so a multi-threaded search does not stall on cores it shares with trainers.")
     max_concurrency: int = _opt(
         16, "Calls one retrieval actor holds at once (waiting calls are what coalescing batches: keep it >= the "
             "trainers calling one replica).", ge=1)

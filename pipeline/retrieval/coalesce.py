@@ -5,10 +5,15 @@ side on shared cores), W calls cost about W searches; an exact search reads the 
 batch, so W calls stacked into one batch cost about one search. One thread owns the searching:
 
     caller threads (Ray's actor threads)      searcher thread
-    check own input (errors stay with it) ->  take the first waiting call, then every call that arrives
-    enqueue, wait for own answer              within `window_s` of it (or arrived meanwhile)
+    check own input (errors stay with it) ->  take the first waiting call, then the calls that arrive
+    enqueue, wait for own answer              within `window_s` of it, and every call already waiting
                                               one search per distinct k over the stacked queries
     return own rows                       <-  cut each caller's rows out of the batch's result
+
+The wait ends early once as many callers have arrived as the largest of the recent batches: a lone caller
+(one trainer per replica) is searched at once instead of paying the window on every call, while W trainers
+calling together are gathered as soon as all W are there. The first batch waits the whole window (nothing
+is known yet).
 
 A caller gets exactly what a solo call returns: rows of a batch do not influence each other (each question's
 top-k is its own), and callers are only stacked with callers asking the same k. A failure of the shared
@@ -20,7 +25,7 @@ from __future__ import annotations
 import queue
 import threading
 import time
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -48,6 +53,7 @@ class Coalescer:
         self._waiting: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self.searches = 0  # batches searched (calls served = the actor's own count)
         self.largest_batch = 0
+        self._recent_sizes: deque[int] = deque(maxlen=16)
         threading.Thread(target=self._serve, name="retrieval-coalescer", daemon=True).start()
 
     def search(self, queries: np.ndarray, k: int) -> RetrievalResult:
@@ -71,14 +77,23 @@ class Coalescer:
                 self._answer(calls, k)
 
     def _collect(self, first: _Call) -> list[_Call]:
-        """`first` and every call that arrives until `window_s` after it arrived (at once if that has passed)."""
+        """`first`, the calls arriving until `window_s` after it (or until as many as recent batches held),
+        and every call already waiting."""
         batch = [first]
+        expected = max(self._recent_sizes, default=None)
         deadline = first.arrived + self._window_s
-        while True:
+        while expected is None or len(batch) < expected:
             try:
                 batch.append(self._waiting.get(timeout=max(0.0, deadline - time.monotonic())))
             except queue.Empty:
-                return batch
+                break
+        while True:
+            try:
+                batch.append(self._waiting.get_nowait())
+            except queue.Empty:
+                break
+        self._recent_sizes.append(len(batch))
+        return batch
 
     def _answer(self, calls: list[_Call], k: int) -> None:
         try:

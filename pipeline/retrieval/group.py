@@ -130,6 +130,7 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
                 name=actor_name(cfg.group, shard, replica), namespace=cfg.namespace, lifetime="detached",
                 get_if_exists=True, max_restarts=-1, max_concurrency=cfg.max_concurrency,
                 num_cpus=cfg.actor_num_cpus, resources=dict(cfg.actor_resources),
+                runtime_env={"env_vars": {str(key): str(value) for key, value in cfg.actor_env.items()}},
             ).remote(index_dir, shard, replica, dataclasses.asdict(cfg)))
     try:
         return ray.get([h.describe.remote() for h in handles], timeout=ready_timeout_s)
