@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from jobs import build_index as build_index_job
 from pipeline.errors import ConfigError, DataError, IndexFormatError
 from pipeline.index.build import split_into_passages
-from pipeline.index.manifest import PASSAGES, VECTORS, open_vectors, read_manifest
+from pipeline.index.manifest import PASSAGES, VECTORS, open_passages, open_vectors, read_manifest
 from tests.conftest import write_corpus
 
 
@@ -29,7 +28,7 @@ def test_passages_have_at_most_the_word_limit():
 
 def test_built_index_matches_its_manifest_and_documents(flat_index, corpus_file):
     manifest = read_manifest(flat_index)
-    table = pq.read_table(flat_index / PASSAGES)
+    table = open_passages(flat_index)
     docs = [json.loads(line) for line in corpus_file.read_text().splitlines()]
     expected_passages = sum(len(split_into_passages(d["text"], 100)) for d in docs)
     assert manifest.count == table.num_rows == expected_passages
@@ -55,7 +54,7 @@ def test_every_document_format_builds_the_same_passages(ray_cluster, tmp_path, f
         frame.to_csv(path, sep="\t" if fmt == "tsv" else ",", index=False)
     out = tmp_path / "index"
     assert _build(path, out, "--knowledge_base.title_column", "name", "--knowledge_base.text_column", "body") == 0
-    texts = sorted(pq.read_table(out / PASSAGES).column("text").to_pylist())
+    texts = sorted(open_passages(out).column("text").to_pylist())
     assert texts == sorted(p for r in rows for p in split_into_passages(r["text"], 100))
 
 
@@ -67,6 +66,12 @@ def test_approximate_index_types_build_and_load(ray_cluster, corpus_file, tmp_pa
     assert _build(corpus_file, out, "--index.factory", factory, "--index.train_sample", "1000") == 0
     manifest = read_manifest(out)
     assert manifest.factory == factory
+    # Recall of the served search against exact search, per setting of the index's knob, from the build.
+    knob = "ef_search" if factory.startswith("HNSW") else "nprobe"
+    assert [row[knob] for row in manifest.recall_at_10_vs_exact] == (
+        [16, 32, 64, 128, 256] if knob == "ef_search" else [1, 4])
+    assert all(0 < row["recall"] <= 1 and row["queries"] == min(200, manifest.count)
+               for row in manifest.recall_at_10_vs_exact)
     vectors = open_vectors(out, manifest)
     result = LocalRetriever(out).retrieve(np.array(vectors[:4]), 3)
     assert result.ids.shape == (4, 3) and result.vectors.shape == (4, 3, 384)
@@ -157,6 +162,32 @@ def test_manifest_that_disagrees_with_files_is_refused(flat_index, tmp_path):
         read_manifest(copy)
     (copy / "manifest.json").unlink()
     with pytest.raises(IndexFormatError, match=r"manifest.json: missing"):
+        read_manifest(copy)
+
+
+def test_exact_index_records_no_recall(flat_index):
+    assert read_manifest(flat_index).recall_at_10_vs_exact == []
+
+
+def test_index_of_the_previous_format_asks_for_a_rebuild(flat_index, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(flat_index, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError, match=r"format_version 1, this code reads 2; rebuild the index .*overwrite"):
+        read_manifest(old)
+
+
+def test_unreadable_passages_file_is_refused(flat_index, tmp_path):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(flat_index, copy)
+    (copy / PASSAGES).write_bytes(b"not arrow at all")
+    with pytest.raises(IndexFormatError, match=r"passages.arrow: not an Arrow IPC file"):
         read_manifest(copy)
 
 

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.config import IndexConfig, KnowledgeBaseConfig, check_section
@@ -26,13 +24,14 @@ from pipeline.errors import (
     unwrap_pipeline_error,
 )
 from pipeline.index.manifest import (
-    PASSAGES,
     VECTORS,
     IndexManifest,
+    PassagesWriter,
     even_shard_offsets,
     open_vectors,
     shard_file,
 )
+from pipeline.index.recall import measure_recall
 from pipeline.model.encoders import PassageEmbedder, resolve_encoder
 from pipeline.table_files import iter_checked_rows, read_dataset, require_text
 
@@ -76,16 +75,13 @@ def check_factory(factory: str, dimension: int = 8) -> None:
 
 
 def _write_passages_and_vectors(ds, tmp: Path, log_every_s: float = 10.0) -> tuple[int, int, float]:
-    """Stream embedded batches into passages.parquet and vectors.f32; returns (count, dimension, seconds)."""
-    schema = pa.schema([("id", pa.int64()), ("title", pa.string()), ("text", pa.string())])
+    """Stream embedded batches into passages.arrow and vectors.f32; returns (count, dimension, seconds)."""
     count, dimension, started, last_log = 0, None, time.perf_counter(), time.perf_counter()
-    with pq.ParquetWriter(tmp / PASSAGES, schema) as writer, open(tmp / VECTORS, "wb") as vectors_out:
+    with PassagesWriter(tmp) as passages, open(tmp / VECTORS, "wb") as vectors_out:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
             dimension = dimension or vectors.shape[1]
-            ids = np.arange(count, count + len(vectors), dtype=np.int64)
-            writer.write_table(pa.table(
-                {"id": ids, "title": list(batch["title"]), "text": list(batch["text"])}, schema=schema))
+            passages.add(list(batch["title"]), list(batch["text"]))
             vectors_out.write(vectors.tobytes())
             count += len(vectors)
             if time.perf_counter() - last_log > log_every_s:
@@ -150,7 +146,8 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexMa
         PassageEmbedder,
         fn_constructor_kwargs={"encoder": encoder, "pooling": cfg.pooling, "max_length": cfg.max_length,
                                "use_gpu": cfg.embed_num_gpus > 0, "num_threads": max(1, int(cfg.embed_num_cpus))},
-        batch_size=cfg.embed_batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.embed_concurrency),
+        batch_size=cfg.embed_batch_size, batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=cfg.embed_concurrency),
         num_cpus=cfg.embed_num_cpus, num_gpus=cfg.embed_num_gpus,
     )
     try:
@@ -166,13 +163,25 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexMa
         metric="inner_product", count=count, factory=cfg.factory,
         shard_offsets=even_shard_offsets(count, cfg.shards),
     )
-    vectors = open_vectors(tmp, manifest)
+    build_shards(tmp, manifest, cfg.train_sample, cfg.recall_queries)
+    return manifest
+
+
+def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, recall_queries: int) -> None:
+    """Write one FAISS index per shard of `manifest` over `directory`/vectors.f32, measure an approximate
+    index's recall@10 against exact search, then write the manifest (last: it marks the build complete)."""
+    vectors = open_vectors(directory, manifest)
     started = time.perf_counter()
     for shard in range(manifest.num_shards):
         start, end = manifest.shard_range(shard)
-        index = _build_shard(vectors[start:end], cfg.factory, cfg.train_sample)
-        faiss.write_index(index, str(tmp / shard_file(shard)))
-        print(f"[build_index] shard {shard}: {end - start} vectors, {cfg.factory}", flush=True)
+        index = _build_shard(vectors[start:end], manifest.factory, train_sample)
+        faiss.write_index(index, str(directory / shard_file(shard)))
+        print(f"[build_index] shard {shard}: {end - start} vectors, {manifest.factory}", flush=True)
     print(f"[build_index] FAISS build {time.perf_counter() - started:.1f}s", flush=True)
-    manifest.write(tmp)
-    return manifest
+    indexes = [faiss.read_index(str(directory / shard_file(s)), faiss.IO_FLAG_MMAP_IFC)
+               for s in range(manifest.num_shards)]
+    manifest.recall_at_10_vs_exact = measure_recall(indexes, vectors, manifest.shard_offsets, recall_queries)
+    for row in manifest.recall_at_10_vs_exact:
+        setting = ", ".join(f"{key} {value}" for key, value in row.items() if key not in ("recall", "queries"))
+        print(f"[build_index] recall@10 vs exact with {setting}: {row['recall']:.3f}", flush=True)
+    manifest.write(directory)

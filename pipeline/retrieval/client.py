@@ -97,4 +97,6 @@ class RetrievalClient:
                 return ray.get(call(self.replicas[shard][replica]), timeout=self.timeout_s)
             except _FAILOVER_ERRORS as e:
                 errors.append(f"replica {replica}: {type(e).__name__}")
-        raise RetrievalError(f"retrieval group {self.group!r}: no replica of shard {shard} answers ({'; '.join(errors)})")
+        raise RetrievalError(
+            f"retrieval group {self.group!r}: no replica of shard {shard} answers ({'; '.join(errors)})"
+        )

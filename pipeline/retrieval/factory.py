@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pipeline.config import RetrievalConfig
 from pipeline.errors import ConfigError
+from pipeline.retrieval.search import SearchParams
 
 MODES = ("ray", "torch", "local")
 
@@ -25,11 +26,11 @@ def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int):
     if mode == "torch":
         from pipeline.retrieval.torch_distributed import TorchDistributedRetriever
 
-        return TorchDistributedRetriever(index_dir, faiss_threads=cfg.faiss_threads)
+        return TorchDistributedRetriever(index_dir, cfg.faiss_threads, params=SearchParams.from_config(cfg))
     if mode == "local":
         from pipeline.retrieval.local import LocalRetriever
 
-        return LocalRetriever(index_dir, faiss_threads=cfg.faiss_threads)
+        return LocalRetriever(index_dir, faiss_threads=cfg.faiss_threads, params=SearchParams.from_config(cfg))
     raise ConfigError(f"retrieval.mode: {mode!r} is not one of {', '.join(MODES)}")
 
 

@@ -7,6 +7,7 @@ name, and they outlive the job that started them until `stop_retrieval_group`.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import time
@@ -18,6 +19,7 @@ import ray
 from pipeline.config import RetrievalConfig, check_section
 from pipeline.errors import RetrievalError, unwrap_pipeline_error
 from pipeline.index.manifest import read_manifest
+from pipeline.retrieval.search import SearchParams
 from pipeline.retrieval.shard import ShardSearcher
 
 _NAME = re.compile(r"^(?P<group>.+)\.shard(?P<shard>\d+)\.replica(?P<replica>\d+)$")
@@ -29,28 +31,58 @@ def actor_name(group: str, shard: int, replica: int) -> str:
 
 @ray.remote
 class RetrievalActor:
-    """Serves one shard of an index directory. Restarted by Ray if its process dies (max_restarts)."""
+    """Serves one shard of an index directory. Restarted by Ray if its process dies (max_restarts).
 
-    def __init__(self, index_dir: str, shard: int, replica: int, faiss_threads: int):
+    With `coalesce_window_ms` > 0, concurrent calls go through one `Coalescer` (searched as one batch per
+    window); with 0, each call searches on its own Ray thread, side by side with the others.
+    """
+
+    def __init__(self, index_dir: str, shard: int, replica: int, cfg: dict):
+        from pipeline.retrieval.coalesce import Coalescer
+
         started = time.perf_counter()
-        self.searcher = ShardSearcher(index_dir, shard, faiss_threads)
+        cfg = RetrievalConfig(**cfg)
+        self.searcher = ShardSearcher(index_dir, shard, cfg.faiss_threads, SearchParams.from_config(cfg))
         self.replica = replica
         self.calls = 0
+        self.window_ms = cfg.coalesce_window_ms
+        self.coalescer = Coalescer(self.searcher.search, self.window_ms / 1e3) if self.window_ms > 0 else None
+        self._paused_until = 0.0
         self.load_s = time.perf_counter() - started
 
     def search(self, queries, k: int):
+        """RetrievalResult for float32[B, d] `queries`: this shard's top-min(k, shard size) passages."""
         self.calls += 1
-        return self.searcher.search(queries, k)
+        pause = self._paused_until - time.monotonic()
+        if pause > 0:
+            time.sleep(pause)
+        # Checked here, in the caller's own thread: a bad call fails alone instead of failing a whole batch.
+        queries = self.searcher.check_queries(queries)
+        if k < 1:
+            raise RetrievalError(f"k={k}; at least 1 passage per question")
+        if self.coalescer is None:
+            return self.searcher.search(queries, k)
+        return self.coalescer.search(queries, k)
+
+    def pause_for(self, seconds: float) -> None:
+        """TEST/DEBUG FACILITY, not for production use: calls arriving in the next `seconds` hang until then,
+        as a replica stuck in a long GC pause or on a swapping node would (used to test the client's timeout
+        and failover)."""
+        self._paused_until = time.monotonic() + seconds
 
     def describe(self) -> dict:
-        """Where this actor runs and what it serves (for status and for clients)."""
+        """Where this actor runs, what it serves and how (for status, clients and tests)."""
         import psutil
 
-        manifest = self.searcher.manifest
+        manifest, searcher = self.searcher.manifest, self.searcher
         return {
-            "index_dir": str(self.searcher.index_dir), "shard": self.searcher.shard, "replica": self.replica,
+            "index_dir": str(searcher.index_dir), "shard": searcher.shard, "replica": self.replica,
             "num_shards": manifest.num_shards, "count": manifest.count, "dimension": manifest.dimension,
-            "shard_size": self.searcher.end - self.searcher.start, "factory": manifest.factory,
+            "shard_size": searcher.end - searcher.start, "factory": manifest.factory,
+            "search": searcher.settings(), "coalesce_window_ms": self.window_ms,
+            "searches": self.coalescer.searches if self.coalescer else self.calls,
+            "largest_batch": self.coalescer.largest_batch if self.coalescer else 1,
+            "fallback_rows": searcher.fallback_rows,
             "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "calls": self.calls,
             "load_s": round(self.load_s, 3), "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
@@ -98,7 +130,8 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
                 name=actor_name(cfg.group, shard, replica), namespace=cfg.namespace, lifetime="detached",
                 get_if_exists=True, max_restarts=-1, max_concurrency=cfg.max_concurrency,
                 num_cpus=cfg.actor_num_cpus, resources=dict(cfg.actor_resources),
-            ).remote(index_dir, shard, replica, cfg.faiss_threads))
+                runtime_env={"env_vars": {str(key): str(value) for key, value in cfg.actor_env.items()}},
+            ).remote(index_dir, shard, replica, dataclasses.asdict(cfg)))
     try:
         return ray.get([h.describe.remote() for h in handles], timeout=ready_timeout_s)
     except ray.exceptions.GetTimeoutError:

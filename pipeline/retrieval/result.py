@@ -11,8 +11,14 @@ import numpy as np
 class RetrievalResult:
     """Top-k passages for B questions, best first.
 
-    ids int64[B, k] (global passage ids), scores float32[B, k] (inner products),
+    ids int64[B, k] (global passage ids), scores float32[B, k] (exact inner products question . passage),
     vectors float32[B, k, d] (exact passage vectors), titles/texts: B lists of k strings.
+
+    Every slot holds a real passage: there is no padding id. Approximate indexes (IVF, HNSW) can leave FAISS
+    slots empty (-1); a shard drops those and answers a question it cannot fill with k candidates by an exact
+    search of that shard (see `pipeline/retrieval/search.py`), so a shard returns min(k, its size) passages
+    per question and the merge over shards exactly k whenever the index holds >= k passages. Asking for more
+    than the index holds is refused by the callers (`RetrievalError`), never padded.
     """
 
     ids: np.ndarray
@@ -23,6 +29,11 @@ class RetrievalResult:
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def rows(self, start: int, end: int) -> "RetrievalResult":
+        """Questions [start, end) (arrays copied, so a part does not keep a whole batch alive)."""
+        return RetrievalResult(self.ids[start:end].copy(), self.scores[start:end].copy(),
+                               self.vectors[start:end].copy(), self.titles[start:end], self.texts[start:end])
 
 
 def merge_results(parts: list[RetrievalResult], k: int) -> RetrievalResult:
