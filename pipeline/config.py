@@ -87,6 +87,11 @@ class RetrievalConfig:
         1, "Approximate indexes: fetch k x this many candidates and keep the k best by exact inner product.", ge=1)
     call_timeout_s: float = _opt(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
     keep_running: bool = _opt(True, "Leave the group running when the job ends (for later jobs and trials).")
+    on_new_version: str = _opt(
+        "roll", "When a job finds the running group on an older version of its index location: roll the group "
+                "forward to the location's CURRENT version, or refuse (naming both).", ("roll", "refuse"))
+    version_check_s: float = _opt(1.0, "Seconds between a client's looks at which index version its group serves "
+                                       "(a roll-forward reaches callers within this).", gt=0)
     rerank_depth: int = _opt(
         0, "Retrieve this many passages and keep the model.n_docs that the current context encoder scores best "
            "(needs model.train_context_encoder; 0: no rerank). Costs less recall between index refreshes.", ge=0)

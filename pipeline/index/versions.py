@@ -48,7 +48,8 @@ def is_location(path: str | Path) -> bool:
 
 
 def resolve_version(path: str | Path) -> IndexVersion:
-    """The version to serve for `path`: a location's CURRENT, or `path` itself when it names a version directory.
+    """The version to serve for `path`: a location's CURRENT, or `path` itself when it is an index directory
+    (it holds a manifest.json: a version named directly, or a single index written by other tools).
 
     IndexFormatError (one line, naming the path) for a missing path, a directory that is neither, or a CURRENT
     naming a version that is not there.
@@ -56,8 +57,8 @@ def resolve_version(path: str | Path) -> IndexVersion:
     path = Path(path).resolve()
     if not path.is_dir():
         raise IndexFormatError(f"{path}: index location not found (build it with jobs/build_index.py)")
-    if is_version_name(path.name) and (path / "manifest.json").is_file() and not is_location(path):
-        return IndexVersion(path.parent, path.name)
+    if (path / "manifest.json").is_file() and not is_location(path):
+        return IndexVersion(path.parent, path.name)  # a version directory named directly: exactly that version
     pointer = path / CURRENT
     if not pointer.is_file():
         raise IndexFormatError(f"{path}: no {CURRENT} pointer; not an index location "

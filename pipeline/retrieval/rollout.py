@@ -104,9 +104,10 @@ def roll_group_forward(group: str, namespace: str, version: IndexVersion, timeou
     if not handles:
         raise RetrievalError(f"retrieval group {group!r} not found in namespace {namespace!r}")
     previous = served_version(group, namespace)
+    deadline = time.monotonic() + timeout_s
     for handle, member in zip(handles, members):
         try:
-            ray.get(handle.load_version.remote(str(version.directory)), timeout=timeout_s)
+            _call_through_restarts(handle, lambda h: h.load_version.remote(str(version.directory)), deadline)
         except (ray.exceptions.RayError, ValueError) as e:
             raise RetrievalError(f"retrieval group {group!r}: replica {member.name} could not load "
                                  f"{version.directory} ({str(e).splitlines()[0][:200]}); it keeps serving "
@@ -114,11 +115,26 @@ def roll_group_forward(group: str, namespace: str, version: IndexVersion, timeou
     load_s = time.perf_counter() - started
     keep = [version] + ([previous] if previous else [])
     write_group_record(group, namespace, version, keep)
-    # activate() loads the version itself if Ray restarted the actor meanwhile (it came back on the old one).
-    ray.get([h.activate.remote(str(version.directory)) for h in handles], timeout=timeout_s)
-    ray.get([h.drop_versions.remote([str(v.directory) for v in keep]) for h in handles], timeout=timeout_s)
+    # From here on a replica that dies comes back on the new version (the record names it), and activate()
+    # loads the version itself if a replica lacks it, so both steps are simply repeated for a replica that died.
+    for handle in handles:
+        _call_through_restarts(handle, lambda h: h.activate.remote(str(version.directory)), deadline)
+    for handle in handles:
+        _call_through_restarts(handle, lambda h: h.drop_versions.remote([str(v.directory) for v in keep]), deadline)
     removed = prune_unused_versions(version.location)
     if previous and previous.location != version.location:
         removed += prune_unused_versions(previous.location)
     return Rollout(version.name, previous.name if previous else "", len(handles), round(load_s, 3),
                    round(time.perf_counter() - started, 3), removed)
+
+
+def _call_through_restarts(handle, call, deadline: float):
+    """ray.get(call(handle)), asked again while the actor is dead and being restarted by Ray (the calls made here
+    are idempotent), until `deadline` (time.monotonic)."""
+    while True:
+        try:
+            return ray.get(call(handle), timeout=max(1.0, deadline - time.monotonic()))
+        except (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
