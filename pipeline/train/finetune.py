@@ -170,6 +170,8 @@ def _make_paths_absolute(cfg: RunConfig) -> None:
     """Workers run in another directory than the driver: local paths must not be relative."""
     cfg.index.directory = str(Path(cfg.index.directory).resolve())
     cfg.train.output_dir = str(Path(cfg.train.output_dir).resolve())
+    if cfg.refresh.location:
+        cfg.refresh.location = str(Path(cfg.refresh.location).resolve())
     for section, key in (("data", "train"), ("data", "dev"), ("data", "test"), ("model", "generator"),
                          ("model", "question_encoder"), ("model", "context_encoder"),
                          ("knowledge_base", "documents")):

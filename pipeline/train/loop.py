@@ -147,6 +147,8 @@ def train_one_epoch(run: WorkerRun, epoch: int) -> tuple[list[float], float]:
         if run.done():
             break
     train_s = progress.finish(loss=float(np.mean(losses)) if losses else float("nan")) if progress else 0.0
+    if run.refresh is not None and run.done():
+        run.refresh.finish(run.state.step)  # training is over: let the last refresh land before the evaluation
     return losses, train_s
 
 
