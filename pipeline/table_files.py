@@ -21,7 +21,6 @@ from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.csv as pa_csv
-import pyarrow.json as pa_json
 import pyarrow.parquet as pq
 
 from pipeline.errors import DataError
@@ -141,15 +140,8 @@ def iter_checked_rows(path: str | Path, columns: list[str],
         raise DataError(f"{path}: no rows")
 
 
-def _json_parse_options(columns: list[str]) -> pa_json.ParseOptions:
-    # The validated columns as strings, anything else ignored: a stray field whose type changes between rows
-    # must not stop the read (the row validators already refused wrong types in the columns used).
-    return pa_json.ParseOptions(explicit_schema=pa.schema([(c, pa.string()) for c in columns]),
-                                unexpected_field_behavior="ignore")
-
-
 def read_dataset(path: str | Path, columns: list[str]):
-    """A Ray Dataset of the given text columns of a tabular file (all as read; validate first)."""
+    """A Ray Dataset of the given columns of a tabular file (all as read; validate first)."""
     import ray.data
 
     path = Path(path)
@@ -157,7 +149,7 @@ def read_dataset(path: str | Path, columns: list[str]):
     if fmt == "parquet":
         ds = ray.data.read_parquet(str(path))
     elif fmt == "jsonl":
-        ds = ray.data.read_json(str(path), lines=True, parse_options=_json_parse_options(columns))
+        ds = ray.data.read_json(str(path), lines=True)
     else:
         read, parse, convert = _csv_options(fmt, columns)
         ds = ray.data.read_csv(str(path), read_options=read, parse_options=parse, convert_options=convert)
