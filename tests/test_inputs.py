@@ -201,3 +201,39 @@ def test_evaluate_and_build_index_follow_the_same_rule(tmp_path, monkeypatch, ca
         run_job(lambda: evaluate.main(["--index.directory", str(tmp_path / "index")]))
     assert exit_info.value.code == 2
     assert capsys.readouterr().err.startswith("error: data.test: empty (give a test QA file)")
+
+
+def test_every_job_accepts_verbose_and_passes_it_to_ray_workers(monkeypatch):
+    from pipeline.config import parse_config
+    from pipeline.output import QUIET_ENV, SETUP_HOOK, VERBOSE_ENV, is_verbose, worker_runtime_env
+
+    monkeypatch.setenv(VERBOSE_ENV, "0")  # restored after the test: --verbose sets it for the whole process
+    parse_config([], "x")
+    assert not is_verbose()
+    assert worker_runtime_env() == {"env_vars": QUIET_ENV, "worker_process_setup_hook": SETUP_HOOK}
+    submitted = {"env_vars": {"RAY_DATA_LOG_LEVEL": "INFO"}, "worker_process_setup_hook": "mine.hook"}
+    assert worker_runtime_env(already_set=submitted) == {  # a submitted job's own settings win
+        "env_vars": {k: v for k, v in QUIET_ENV.items() if k != "RAY_DATA_LOG_LEVEL"}}
+    parse_config(["--verbose"], "x")
+    assert is_verbose() and worker_runtime_env() == {"env_vars": {VERBOSE_ENV: "1"}}
+
+
+def test_an_error_raised_in_a_train_worker_is_one_error_line(ray_cluster, tmp_path, capsys):
+    """A PipelineError that can only surface inside a training worker (e.g. a retrieval group that died) reaches
+    the terminal as the job's one `error:` line, not as Ray Train's TrainingFailedError traceback."""
+    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    def loop(_):
+        raise DataError("dev.jsonl:3: field 'answers' is missing or empty")
+
+    def main():
+        TorchTrainer(loop, scaling_config=ScalingConfig(num_workers=1, resources_per_worker={"CPU": 0.1}),
+                     run_config=TrainRunConfig(storage_path=str(tmp_path), name="fails",
+                                               failure_config=FailureConfig(max_failures=0))).fit()
+        return 0
+
+    with pytest.raises(SystemExit) as exit_info:
+        run_job(main)
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "error: dev.jsonl:3: field 'answers' is missing or empty\n"

@@ -34,6 +34,7 @@ from pipeline.index.manifest import (
     shard_file,
 )
 from pipeline.model.encoders import PassageEmbedder, resolve_encoder
+from pipeline.progress import Progress
 from pipeline.table_files import iter_checked_rows, read_dataset, require_text
 
 _ADD_CHUNK = 65_536
@@ -78,7 +79,8 @@ def check_factory(factory: str, dimension: int = 8) -> None:
 def _write_passages_and_vectors(ds, tmp: Path, log_every_s: float = 10.0) -> tuple[int, int, float]:
     """Stream embedded batches into passages.parquet and vectors.f32; returns (count, dimension, seconds)."""
     schema = pa.schema([("id", pa.int64()), ("title", pa.string()), ("text", pa.string())])
-    count, dimension, started, last_log = 0, None, time.perf_counter(), time.perf_counter()
+    count, dimension, started = 0, None, time.perf_counter()
+    progress = Progress("build_index", None, "passages", every_s=log_every_s)  # their number is known only at the end
     with pq.ParquetWriter(tmp / PASSAGES, schema) as writer, open(tmp / VECTORS, "wb") as vectors_out:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
@@ -88,9 +90,7 @@ def _write_passages_and_vectors(ds, tmp: Path, log_every_s: float = 10.0) -> tup
                 {"id": ids, "title": list(batch["title"]), "text": list(batch["text"])}, schema=schema))
             vectors_out.write(vectors.tobytes())
             count += len(vectors)
-            if time.perf_counter() - last_log > log_every_s:
-                last_log = time.perf_counter()
-                print(f"[build_index] embedded {count} passages ({count / (last_log - started):.0f}/s)", flush=True)
+            progress.update(len(vectors))
     if count == 0:
         raise DataError("the documents produced no passages")
     return count, dimension, time.perf_counter() - started

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import RunConfig, TrainConfig
+from pipeline.output import train_logging_config
 from pipeline.progress import say
 from pipeline.train import checkpoints
 from pipeline.train.loop import train_loop_per_worker
@@ -148,6 +149,7 @@ def make_trainer(cfg: RunConfig, prepared: PreparedRun, callbacks=()):
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=t.best_metric,
                                                checkpoint_score_order=t.best_mode),
             callbacks=list(callbacks),
+            logging_config=train_logging_config(),  # Ray Train's INFO lines only with --verbose
         ),
         datasets={"train": prepared.train_dataset},
     )
