@@ -158,6 +158,18 @@ def test_only_a_run_that_names_no_data_is_the_demo():
         assert not is_demo_run(apply_overrides(RunConfig(), {key: "/some/path"})), key
 
 
+def test_a_run_naming_no_data_gets_every_demo_path_and_keeps_them(monkeypatch, tmp_path):
+    from pipeline.demo import data as demo_data
+
+    demo = demo_data.DemoPaths.at(tmp_path / "demo")
+    monkeypatch.setattr(demo_data, "DEMO_DIR", str(demo.directory))
+    monkeypatch.setattr(demo_data, "ensure_demo_data", lambda *a, **k: demo)
+    cfg = fill_demo_defaults(RunConfig())
+    assert (cfg.knowledge_base.documents, cfg.data.train, cfg.data.dev, cfg.data.test, cfg.model.generator) == \
+        tuple(map(str, (demo.documents, demo.train, demo.dev, demo.test, demo.generator)))
+    assert fill_demo_defaults(cfg) is cfg and cfg.data.train == str(demo.train)  # a second check (prepare_run)
+
+
 def test_a_run_with_its_own_train_file_but_no_dev_is_refused_naming_the_key(tmp_path, monkeypatch, capsys):
     from pipeline.demo import data as demo_data
 
