@@ -150,6 +150,8 @@ class RefreshConfig:
                                  ge=0)
     embed_num_gpus: float = _opt(0.0, "GPUs per refresh embedding actor.", ge=0)
     embed_batch_size: int = _opt(64, "Passages per refresh embedding batch.", ge=1)
+    location: str = _opt("", "Index location the refreshed versions are published to. Empty: the location of "
+                             "the version the group serves (a Tune trial that refreshes gets its own).")
 
 
 @dataclass

@@ -59,7 +59,7 @@ class WorkerRun:
 
     def close(self) -> None:
         if self.refresh is not None:
-            self.refresh.close()
+            self.refresh.close(self.state.step)
 
 
 def set_up(cfg: RunConfig, steps_per_epoch: int) -> WorkerRun:
