@@ -230,6 +230,16 @@ def test_every_job_accepts_verbose_and_passes_it_to_ray_workers(monkeypatch):
     assert is_verbose() and worker_runtime_env() == {"env_vars": {VERBOSE_ENV: "1"}}
 
 
+def test_connect_ray_reads_the_runtime_env_of_a_submitted_job(monkeypatch):
+    from pipeline.ray_session import _submitted_job_runtime_env
+
+    monkeypatch.delenv("RAY_JOB_CONFIG_JSON_ENV_VAR", raising=False)
+    assert _submitted_job_runtime_env() == {}
+    job = {"runtime_env": {"working_dir": "gcs://x.zip", "env_vars": {"HF_HUB_OFFLINE": "1"}}}
+    monkeypatch.setenv("RAY_JOB_CONFIG_JSON_ENV_VAR", json.dumps(job))  # as `ray job submit` sets it
+    assert _submitted_job_runtime_env() == job["runtime_env"]
+
+
 def test_an_error_raised_in_a_train_worker_is_one_error_line(ray_cluster, tmp_path, capsys):
     """A PipelineError that can only surface inside a training worker (e.g. a retrieval group that died) reaches
     the terminal as the job's one `error:` line, not as Ray Train's TrainingFailedError traceback."""
