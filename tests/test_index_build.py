@@ -10,7 +10,7 @@ import pytest
 from jobs import build_index as build_index_job
 from pipeline.errors import ConfigError, DataError, IndexFormatError
 from pipeline.index.build import split_into_passages
-from pipeline.index.manifest import PASSAGES, VECTORS, open_passages, open_vectors, read_manifest
+from pipeline.index.manifest import PASSAGES, open_passages, open_vectors, read_manifest
 from tests.conftest import write_corpus
 
 

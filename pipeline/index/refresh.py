@@ -64,7 +64,7 @@ def refresh_index(location: str, base_encoder: str, weights: list, step: int, ru
         ds = embed_passages(passages, str(building / "context_encoder"), served.pooling, served.max_length,
                             cfg.refresh.embed_batch_size, cfg.refresh.embed_concurrency, cfg.refresh.embed_num_cpus,
                             cfg.refresh.embed_num_gpus)
-        count, dimension, embed_s = write_passages_and_vectors(ds, building, log=_quiet)
+        count, dimension, embed_s = write_passages_and_vectors(ds, building, progress_label=None)
         manifest = IndexManifest(
             encoder=served.encoder, pooling=served.pooling, max_length=served.max_length, dimension=dimension,
             metric=served.metric, count=count, factory=served.factory, shard_offsets=served.shard_offsets,
