@@ -213,7 +213,8 @@ class TrainingBatch(NumpyBatchCollateFn):
         self.device = device
 
     def __call__(self, batch: dict) -> dict:
-        out = {name: torch.as_tensor(batch[name], dtype=torch.long).to(self.device)
+        # torch.tensor copies: Ray Data hands out read-only arrays, which torch will not wrap.
+        out = {name: torch.tensor(batch[name], dtype=torch.long, device=self.device)
                for name in ("question_ids", "question_mask", "labels")}
         out["question"] = [str(q) for q in batch["question"]]
         return out
