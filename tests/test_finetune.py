@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from pipeline.config import RunConfig, apply_overrides, parse_config
 from pipeline.errors import ConfigError, DataError, ModelLoadError
+from pipeline.index.versions import resolve_version
 from pipeline.model.rag import load_rag_model
 from pipeline.retrieval.group import list_members, stop_retrieval_group
 from pipeline.train.finetune import prepare_run, run_finetune
@@ -66,7 +66,7 @@ def _hit_at_k_by_hand(model_dir, tiny_demo, k: int) -> float:
         states = encoder(**batch).last_hidden_state
     mask = batch["attention_mask"][..., None].float()
     questions = ((states * mask).sum(1) / mask.sum(1)).numpy()
-    index = Path(tiny_demo["index.directory"])
+    index = resolve_version(tiny_demo["index.directory"]).directory  # the version the group served
     dimension = json.loads((index / "manifest.json").read_text())["dimension"]
     vectors = np.fromfile(index / "vectors.f32", dtype=np.float32).reshape(-1, dimension)
     texts = pq.read_table(index / "passages.parquet").column("text").to_pylist()

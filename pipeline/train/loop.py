@@ -176,6 +176,9 @@ def evaluate(run: WorkerRun, epoch: int, losses: list[float], train_s: float) ->
     metrics = {"epoch": epoch + 1, "step": run.state.step, "resumed_at_step": run.resumed_at_step,
                "train_loss": float(np.mean(losses)) if losses else float("nan"), "epoch_s": round(train_s, 2),
                **summarize_rows(rows, prefix="dev_")}
+    # Summed over ranks: a call that failed on any worker counts (a failure that ended an attempt shows as a
+    # restore instead: resumed_at_step).
+    metrics["retrieval_failed_calls"] = int(sum(gather_rows([run.rag.failed_calls], run.world)))
     if t.profile and retrieval_calls:
         metrics["retrieval_s_per_call"] = float(np.mean(retrieval_calls))
         metrics["retrieval_share_of_epoch"] = float(np.sum(retrieval_calls) / max(train_s, 1e-9))
