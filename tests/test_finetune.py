@@ -51,7 +51,7 @@ def _hit_at_k_by_hand(model_dir, tiny_demo, k: int) -> float:
     """hit@k of an exported question encoder on the dev questions, without the pipeline's retrieval: masked-mean
     pooled question vectors, exact inner-product top k over the index's stored vectors, gold answer as words."""
     import numpy as np
-    import pyarrow.parquet as pq
+    import pyarrow as pa
     import torch
     from transformers import AutoModel, AutoTokenizer
 
@@ -69,7 +69,7 @@ def _hit_at_k_by_hand(model_dir, tiny_demo, k: int) -> float:
     index = resolve_version(tiny_demo["index.directory"]).directory  # the version the group served
     dimension = json.loads((index / "manifest.json").read_text())["dimension"]
     vectors = np.fromfile(index / "vectors.f32", dtype=np.float32).reshape(-1, dimension)
-    texts = pq.read_table(index / "passages.parquet").column("text").to_pylist()
+    texts = pa.ipc.open_file(str(index / "passages.arrow")).read_all().column("text").to_pylist()
     top = np.argsort(-(questions @ vectors.T), axis=1)[:, :k]
     return float(np.mean([answer_hit([texts[i] for i in ids], r["answers"]) for ids, r in zip(top, rows)]))
 
