@@ -28,8 +28,8 @@ from pipeline.bench.scale import (
     questions_and_truth,
     serve_and_measure,
     settings_for,
-    write_base,
 )
+from pipeline.bench.synthetic import write_synthetic_corpus
 from pipeline.bench.timing import load_average, machine_info
 from pipeline.errors import run_job
 from pipeline.ray_session import connect_ray
@@ -44,7 +44,7 @@ def measure_count(spec: ScaleBenchmarkSpec, count: int, work: Path, log) -> list
     """Every planned index of N = `count`: build, then serve and measure each search setting."""
     base = work / f"n{count}"
     started = time.perf_counter()
-    ray.get(_in_task(write_base).remote(base, count, spec.dimension, spec.seed))
+    ray.get(_in_task(write_synthetic_corpus).remote(base, count, spec.dimension, spec.seed))
     questions, truth = ray.get(_in_task(questions_and_truth).remote(base, count, spec.dimension, spec.queries,
                                                                      spec.seed))
     log(f"[scale] N={count:,}: vectors and exact answers in {time.perf_counter() - started:.0f}s")

@@ -26,7 +26,6 @@ from pipeline.index.manifest import (
     PASSAGES,
     VECTORS,
     IndexManifest,
-    PassagesWriter,
     even_shard_offsets,
     shard_file,
 )
@@ -40,14 +39,14 @@ class ScaleBenchmarkSpec:
     shards: list = _opt([1, 2, 4], "Shard counts S (one actor per shard).", ge=1)
     dimension: int = _opt(768, "Vector dimension (768: DPR).", ge=8)
     compressed: str = _opt("IVF{nlist},PQ64x4fs", "Compressed index factory; {nlist} = a power of 2 near "
-                                                   "4 x sqrt(vectors per shard).")
+                                                   "2 x sqrt(vectors per shard).")
     graph: str = _opt("HNSW32", "Graph index factory (vectors stored in full).")
-    ivf_settings: str = _opt("16x1,32x10,64x10,128x10", "IVF search settings served, each nprobe x rerank_factor.")
+    ivf_settings: str = _opt("16x1,32x10,32x50,64x50", "IVF search settings served, each nprobe x rerank_factor.")
     hnsw_settings: str = _opt("32,64,128", "HNSW efSearch values served.")
-    graph_max_count: int = _opt(1_000_000, "Largest N given a graph index (its build is the slowest).", ge=0)
+    graph_max_count: int = _opt(100_000, "Largest N given a graph index (its build is the slowest).", ge=0)
     flat_max_count: int = _opt(1_000_000, "Largest N given an exact (Flat) index, at S = 1.", ge=0)
     full_grid_max_count: int = _opt(100_000, "Above this N, graph indexes are built at the smallest S only.", ge=0)
-    train_sample: int = _opt(100_000, "Vectors sampled to train IVF and PQ.", ge=1000)
+    train_sample: int = _opt(50_000, "Vectors sampled to train IVF and PQ (per shard).", ge=1000)
     queries: int = _opt(200, "Held-out questions, asked in calls of `batch` (recall over all of them).", ge=1)
     batch: int = _opt(8, "Questions per call.", ge=1)
     work_dir: str = _opt("", "Where the indexes are built (kept); empty: a temporary folder, deleted after.")
@@ -56,8 +55,9 @@ class ScaleBenchmarkSpec:
 
 
 def nlist_for(vectors: int) -> int:
-    """A power of 2 near 4 x sqrt(vectors): the usual IVF list count."""
-    return 2 ** max(4, round(math.log2(4 * math.sqrt(vectors))))
+    """A power of 2 near 2 x sqrt(vectors): IVF list count (the low end of the usual 1-16 x sqrt, since training
+    cost grows with it and each shard trains its own)."""
+    return 2 ** max(4, round(math.log2(2 * math.sqrt(vectors))))
 
 
 def plan(spec: ScaleBenchmarkSpec) -> list[tuple[int, str, int]]:
@@ -81,18 +81,6 @@ def settings_for(factory: str, spec: ScaleBenchmarkSpec) -> list[dict]:
     if factory.startswith("HNSW"):
         return [{"ef_search": int(e)} for e in spec.hnsw_settings.split(",")]
     return [{}]
-
-
-def write_base(directory: Path, count: int, dimension: int, seed: int) -> None:
-    """vectors.f32 and passages.arrow of N synthetic passages (shared by every index of this N)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / VECTORS, "wb") as out, PassagesWriter(directory) as passages:
-        written = 0
-        for block in synthetic_vectors(count, dimension, seed):
-            out.write(block.tobytes())
-            ids = range(written, written + len(block))
-            passages.add([f"Passage {i}" for i in ids], [f"synthetic passage {i}" for i in ids])
-            written += len(block)
 
 
 def questions_and_truth(base: Path, count: int, dimension: int, queries: int, seed: int, k: int = 10):

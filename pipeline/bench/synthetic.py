@@ -49,6 +49,20 @@ def synthetic_vectors(count: int, dimension: int, seed: int = 0, draw: int = 0, 
         yield z @ basis + noise[rng.integers(len(noise), size=n)]
 
 
+def write_synthetic_corpus(directory: str | Path, count: int, dimension: int, seed: int = 0,
+                           passage_words: int = 8) -> None:
+    """vectors.f32 (`synthetic_vectors`) and passages.arrow ('Passage i', `passage_words` words) in `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / VECTORS, "wb") as out, PassagesWriter(directory) as passages:
+        written = 0
+        for block in synthetic_vectors(count, dimension, seed):
+            out.write(block.tobytes())
+            ids = range(written, written + len(block))
+            passages.add([f"Passage {i}" for i in ids], [_passage_text(i, passage_words) for i in ids])
+            written += len(block)
+
+
 def write_synthetic_index(directory: str | Path, count: int, dimension: int, factory: str, shards: int = 1,
                           seed: int = 0, train_sample: int = 100_000, recall_queries: int = 0,
                           passage_words: int = 8) -> IndexManifest:
@@ -63,14 +77,7 @@ def write_synthetic_index(directory: str | Path, count: int, dimension: int, fac
             return manifest
         raise ValueError(f"{directory}: holds {manifest.count} x {manifest.dimension} {manifest.factory} in "
                          f"{manifest.num_shards} shard(s), not {count} x {dimension} {factory} in {shards}")
-    directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / VECTORS, "wb") as out, PassagesWriter(directory) as passages:
-        written = 0
-        for block in synthetic_vectors(count, dimension, seed):
-            out.write(block.tobytes())
-            ids = range(written, written + len(block))
-            passages.add([f"Passage {i}" for i in ids], [_passage_text(i, passage_words) for i in ids])
-            written += len(block)
+    write_synthetic_corpus(directory, count, dimension, seed, passage_words)
     manifest = IndexManifest(encoder="synthetic", pooling="none", max_length=0, dimension=dimension,
                              metric="inner_product", count=count, factory=factory,
                              shard_offsets=even_shard_offsets(count, shards))
