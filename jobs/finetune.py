@@ -12,7 +12,7 @@ a stopped run from its latest checkpoint, and exports the final model in Hugging
 from pipeline.config import parse_config
 from pipeline.errors import run_job
 from pipeline.ray_session import connect_ray
-from pipeline.train.finetune import format_history, run_finetune, stop_group_unless_kept
+from pipeline.train.finetune import format_summary, run_finetune, stop_group_unless_kept
 
 
 def main(argv=None) -> int:
@@ -22,8 +22,7 @@ def main(argv=None) -> int:
         result = run_finetune(config)
     finally:
         stop_group_unless_kept(config)
-    print(format_history(result.history))
-    print(f"[finetune] final model: {result.model_dir} (question encoder alone: {result.model_dir}/question_encoder)")
+    print(format_summary(result))
     return 0
 
 

@@ -87,6 +87,14 @@ class RetrievalConfig:
         1, "Approximate indexes: fetch k x this many candidates and keep the k best by exact inner product.", ge=1)
     call_timeout_s: float = _opt(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
     keep_running: bool = _opt(True, "Leave the group running when the job ends (for later jobs and trials).")
+    on_new_version: str = _opt(
+        "roll", "When a job finds the running group on an older version of its index location: roll the group "
+                "forward to the location's CURRENT version, or refuse (naming both).", ("roll", "refuse"))
+    version_check_s: float = _opt(1.0, "Seconds between a client's looks at which index version its group serves "
+                                       "(a roll-forward reaches callers within this).", gt=0)
+    rerank_depth: int = _opt(
+        0, "Retrieve this many passages and keep the model.n_docs that the current context encoder scores best "
+           "(needs model.train_context_encoder; 0: no rerank). Costs less recall between index refreshes.", ge=0)
 
 
 @dataclass
@@ -101,6 +109,10 @@ class ModelConfig:
     max_target_length: int = _opt(24, "Token limit of answers.", ge=1)
     max_question_length: int = _opt(32, "Token limit of questions for the question encoder.", ge=1)
     train_question_encoder: bool = _opt(True, "Update the question encoder (through the doc scores).")
+    train_context_encoder: bool = _opt(
+        False, "End-to-end retriever training: re-encode the retrieved passages in every step with a trainable "
+               "context encoder, so the doc scores carry gradient into both encoders.")
+    context_encoder: str = _opt("", "Context encoder to start from: HF name or path. Empty: the index's encoder.")
     random_passages: bool = _opt(False, "Ablation: replace retrieved passages with random ones.")
 
 
@@ -130,6 +142,9 @@ class TrainConfig:
         50, "Optimizer steps before the question encoder starts learning: the doc-score gradient only helps "
             "once the generator reads the passages it is given (longer for a generator that must first learn to).",
         ge=0)
+    context_encoder_lr: float = _opt(2e-5, "Context-encoder learning rate (model.train_context_encoder).", gt=0)
+    context_encoder_freeze_steps: int = _opt(
+        50, "Optimizer steps before the context encoder starts learning (as train.encoder_freeze_steps).", ge=0)
     weight_decay: float = _opt(0.01, "AdamW weight decay.", ge=0)
     warmup_steps: int = _opt(50, "Linear warm-up steps.", ge=0)
     schedule: str = _opt("linear", "Decay after warm-up.", ("linear", "polynomial"))
@@ -141,6 +156,24 @@ class TrainConfig:
     checkpoint_every_epochs: int = _opt(1, "Epochs between checkpoints.", ge=1)
     max_failures: int = _opt(2, "Worker failures Ray Train recovers from (restoring the latest checkpoint).", ge=-1)
     resume: bool = _opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
+    best_metric: str = _opt("dev_exact_match", "Dev metric that picks the checkpoint exported as the final model.")
+    best_mode: str = _opt("max", "Whether best_metric is better high or low.", ("max", "min"))
+    log_every_steps: int = _opt(20, "Steps between points of the training-loss curve.", ge=1)
+
+
+@dataclass
+class RefreshConfig:
+    every_steps: int = _opt(
+        0, "Re-embed the knowledge base with the trained context encoder every N optimizer steps and roll the "
+           "retrieval group forward to the new index version (0: never; needs model.train_context_encoder).", ge=0)
+    blocking: bool = _opt(False, "Stop training while a refresh runs (the anchors' way; for comparison).")
+    embed_concurrency: int = _opt(1, "Embedding actors of a refresh.", ge=1)
+    embed_num_cpus: float = _opt(0.5, "CPUs per refresh embedding actor (fractions share cores with training).",
+                                 ge=0)
+    embed_num_gpus: float = _opt(0.0, "GPUs per refresh embedding actor.", ge=0)
+    embed_batch_size: int = _opt(64, "Passages per refresh embedding batch.", ge=1)
+    location: str = _opt("", "Index location the refreshed versions are published to. Empty: the location of "
+                             "the version the group serves (a Tune trial that refreshes gets its own).")
 
 
 @dataclass
@@ -165,6 +198,7 @@ class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    refresh: RefreshConfig = field(default_factory=RefreshConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
     def to_dict(self) -> dict:

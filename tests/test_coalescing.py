@@ -40,14 +40,14 @@ def _assert_same(result, expected):
 
 def test_coalesced_callers_get_exactly_their_solo_results(small_flat):
     searcher = ShardSearcher(small_flat, 0)
-    coalescer = Coalescer(searcher.search, window_s=1.0)
+    coalescer = Coalescer(window_s=1.0)
     calls = _calls(48, [(3, 5), (1, 5), (8, 2), (2, 5), (1, 7), (5, 2)])
     results = [None] * len(calls)
     start = threading.Barrier(len(calls))
 
     def call(i):
         start.wait()
-        results[i] = coalescer.search(*calls[i])
+        results[i] = coalescer.search(searcher.search, *calls[i])
 
     threads = [threading.Thread(target=call, args=(i,)) for i in range(len(calls))]
     for t in threads:

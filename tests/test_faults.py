@@ -144,7 +144,7 @@ def _question_vectors(client, n=3):
 
 
 def test_replica_hanging_during_a_call_times_out_and_another_replica_answers(flat_index, ray_cluster):
-    cfg = _two_replica_group(flat_index, "hang", timeout_s=3)
+    _two_replica_group(flat_index, "hang", timeout_s=3)
     try:
         client = RetrievalClient("hang", TEST_NAMESPACE, timeout_s=3, offset=0)  # shard 0 asks replica 0 first
         queries = _question_vectors(client)
@@ -163,7 +163,7 @@ def test_replica_hanging_during_a_call_times_out_and_another_replica_answers(fla
 
 
 def test_replica_dying_during_a_call_is_replaced_by_another_within_the_call(flat_index, ray_cluster):
-    cfg = _two_replica_group(flat_index, "die", timeout_s=60)
+    _two_replica_group(flat_index, "die", timeout_s=60)
     try:
         client = RetrievalClient("die", TEST_NAMESPACE, timeout_s=60, offset=0)
         queries = _question_vectors(client)

@@ -10,7 +10,7 @@ import pytest
 from jobs import build_index as build_index_job
 from pipeline.errors import ConfigError, DataError, IndexFormatError
 from pipeline.index.build import split_into_passages
-from pipeline.index.manifest import PASSAGES, VECTORS, open_passages, open_vectors, read_manifest
+from pipeline.index.manifest import PASSAGES, open_passages, open_vectors, read_manifest
 from tests.conftest import write_corpus
 
 
@@ -83,23 +83,40 @@ def test_approximate_index_types_build_and_load(ray_cluster, corpus_file, tmp_pa
         assert np.mean(result.ids[:, 0] == exact_top) >= 0.75
 
 
-def test_existing_directory_is_refused_without_overwrite(flat_index, corpus_file):
-    before = (flat_index / VECTORS).stat().st_mtime_ns
-    with pytest.raises(IndexFormatError, match="already exists.*overwrite"):
+def test_an_existing_location_is_refused_without_overwrite(flat_index, corpus_file):
+    before = (flat_index / "CURRENT").read_text(), sorted(p.name for p in flat_index.iterdir())
+    with pytest.raises(IndexFormatError, match=r"already holds index version v0001 \(CURRENT\); pass "
+                                               r"--index.overwrite true to build a new version beside it"):
         _build(corpus_file, flat_index)
-    assert (flat_index / VECTORS).stat().st_mtime_ns == before
+    assert ((flat_index / "CURRENT").read_text(), sorted(p.name for p in flat_index.iterdir())) == before
 
 
-def test_overwrite_replaces_the_index(ray_cluster, tmp_path):
+def test_overwrite_builds_a_new_current_version_and_removes_unserved_ones(ray_cluster, tmp_path):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     write_corpus(first, documents=4, seed=1)
     write_corpus(second, documents=7, seed=2)
     out = tmp_path / "index"
     assert _build(first, out) == 0
+    first_build = read_manifest(out).build_id
     assert _build(second, out, "--index.overwrite", "true") == 0
-    assert read_manifest(out).count == sum(len(split_into_passages(json.loads(l)["text"], 100))
-                                           for l in second.read_text().splitlines())
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    manifest = read_manifest(out)
+    assert (out / "CURRENT").read_text().strip() == "v0002" and manifest.build_id != first_build
+    assert manifest.count == sum(len(split_into_passages(json.loads(line)["text"], 100))
+                                 for line in second.read_text().splitlines())
+    assert manifest.fingerprint["count"] == manifest.count and len(manifest.fingerprint["weights_sha256"]) == 64
+    # v0001 is served by no group, so it is gone; nothing half-written is left behind.
+    assert sorted(p.name for p in out.iterdir()) == ["CURRENT", "v0002"]
+
+
+@pytest.mark.parametrize("overwrite", ["false", "true"])
+def test_a_directory_that_is_not_an_index_is_never_written_into(ray_cluster, corpus_file, tmp_path, overwrite):
+    out = tmp_path / "my_project"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(IndexFormatError, match=r"my_project: exists and is not an index location \(no CURRENT\); "
+                                               r"refusing to write into it"):
+        _build(corpus_file, out, "--index.overwrite", overwrite)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
 
 
 def _assert_nothing_written(tmp_path, out):
@@ -108,7 +125,8 @@ def _assert_nothing_written(tmp_path, out):
 
 
 @pytest.mark.parametrize("content,expected", [
-    ('{"title": "a", "text": "fine"}\n{"title": "b", "text": "  "}\n', r"docs.jsonl:2: field 'text' is missing or empty"),
+    ('{"title": "a", "text": "fine"}\n{"title": "b", "text": "  "}\n',
+     r"docs.jsonl:2: field 'text' is missing or empty"),
     ('{"title": "a", "text": "fine"}\n{"title": "b"}\n', r"docs.jsonl:2: field 'text' is missing or empty"),
     ('{"title": "a", "body": "fine"}\n', r"docs.jsonl: missing column 'text'"),
 ])

@@ -1,4 +1,5 @@
-"""The index directory contract, written once by `build_index` and read by every retrieval actor.
+"""The index version contract: one version directory of an index location (pipeline/index/versions.py),
+written once by `build_index` or a refresh and read by every retrieval actor.
 
     manifest.json          IndexManifest below (written last: its presence marks a complete build)
     passages.arrow         id (int64, = row = FAISS id), title, text: an uncompressed Arrow IPC file, so every
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import IndexFormatError
+from pipeline.index.versions import is_location, resolve_version
 
 FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
@@ -46,6 +49,10 @@ class IndexManifest:
     # Approximate indexes only: recall@10 of the served search path against exact search, measured at build
     # time, one row per search setting tried: {"nprobe" or "ef_search": value, "recall": r, "queries": n}.
     recall_at_10_vs_exact: list = dataclasses.field(default_factory=list)
+    # Which build this is: unique per build, and what it was built from ({"encoder", "weights_sha256", "count",
+    # and for a refresh "trained_at_step"}), so two versions are never mistaken for one another.
+    build_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    fingerprint: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_shards(self) -> int:
@@ -65,10 +72,11 @@ def even_shard_offsets(count: int, shards: int) -> list[int]:
 
 
 def read_manifest(directory: str | Path) -> IndexManifest:
-    """Read and check an index directory's manifest against its files; IndexFormatError says what differs."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise IndexFormatError(f"{directory}: index directory not found (build it with jobs/build_index.py)")
+    """Read and check an index version's manifest against its files; IndexFormatError says what differs.
+
+    `directory` is a version directory, or an index location (its CURRENT version is read).
+    """
+    directory = resolve_version(directory).directory
     path = directory / MANIFEST
     if not path.is_file():
         raise IndexFormatError(f"{path}: missing; {directory} is not a complete index directory")
@@ -156,12 +164,20 @@ def count_passages(path: Path) -> int:
         raise IndexFormatError(f"{path}: not an Arrow IPC file ({str(e).splitlines()[0][:120]})") from None
 
 
+def _version_directory(path: str | Path) -> Path:
+    """A location's CURRENT version directory; any other directory as it is (e.g. a version being written)."""
+    return resolve_version(path).directory if is_location(path) else Path(path)
+
+
 def open_passages(directory: str | Path) -> pa.Table:
-    """The passages table (id, title, text) memory-mapped, zero-copy: replicas on one node share its pages."""
-    path = Path(directory) / PASSAGES
+    """The passages table (id, title, text) memory-mapped, zero-copy: replicas on one node share its pages.
+    `directory`: a version directory, or a location (its CURRENT version)."""
+    path = _version_directory(directory) / PASSAGES
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
 def open_vectors(directory: str | Path, manifest: IndexManifest) -> np.ndarray:
-    """The exact vectors, memory-mapped read-only: replicas on one node share these pages."""
-    return np.memmap(Path(directory) / VECTORS, dtype=np.float32, mode="r", shape=(manifest.count, manifest.dimension))
+    """The exact vectors, memory-mapped read-only: replicas on one node share these pages.
+    `directory`: a version directory, or a location (its CURRENT version)."""
+    return np.memmap(_version_directory(directory) / VECTORS, dtype=np.float32, mode="r",
+                     shape=(manifest.count, manifest.dimension))

@@ -29,6 +29,7 @@ PARTS_FILE = "rag_parts.json"
 QUESTION_TOKENIZER_DIR = "question_encoder_tokenizer"
 GENERATOR_TOKENIZER_DIR = "generator_tokenizer"
 QUESTION_ENCODER_DIR = "question_encoder"
+CONTEXT_ENCODER_DIR = "context_encoder"  # only when the context encoder was trained
 FORMAT_VERSION = 1
 
 
@@ -49,6 +50,8 @@ class RagParts:
     question_tokenizer: object
     generator_tokenizer: object
     pooling: str
+    context_encoder: object = None  # trained passage encoder (end-to-end retriever training), else None
+    context_tokenizer: object = None
 
     @property
     def head(self):
@@ -62,8 +65,9 @@ class RagParts:
 
 
 def build_rag_model(question_encoder: str, generator: str, model_type: str, pooling: str,
-                    label_smoothing: float = 0.0, dropout: float = -1.0) -> RagParts:
-    """Join a pretrained encoder (AutoModel; empty: the bundled MiniLM) and seq2seq generator (BART, T5).
+                    label_smoothing: float = 0.0, dropout: float = -1.0, context_encoder: str | None = None) -> RagParts:
+    """Join a pretrained encoder (AutoModel; empty: the bundled MiniLM) and seq2seq generator (BART, T5), and
+    with `context_encoder` (a name or path; "" = the bundled MiniLM) a passage encoder to train beside them.
 
     `dropout` >= 0 replaces the generator's dropout; negative keeps the checkpoint's value. The model
     comes back in eval mode, as `from_pretrained` leaves it; call `.train()` to train.
@@ -82,15 +86,20 @@ def build_rag_model(question_encoder: str, generator: str, model_type: str, pool
     )
     model = head(config=config, question_encoder=encoder_model, generator=generator_model)
     model.eval()  # the new head starts in train mode while its loaded parts are in eval: make them agree
-    return _with_unused_pooler_frozen(RagParts(model, question_tokenizer, generator_tokenizer, pooling))
+    context_tokenizer, context_model = load_encoder(context_encoder) if context_encoder is not None else (None, None)
+    if context_model is not None:
+        context_model.eval()
+    return _with_unused_pooler_frozen(RagParts(model, question_tokenizer, generator_tokenizer, pooling,
+                                               context_model, context_tokenizer))
 
 
 def _with_unused_pooler_frozen(parts: RagParts) -> RagParts:
-    """Freeze the encoder's pooler layer when pooling is 'cls' or 'mean': it gets no gradient then, and
+    """Freeze the encoders' pooler layers when pooling is 'cls' or 'mean': they get no gradient then, and
     DDP without find_unused_parameters fails on a trainable parameter that gets none."""
-    pooler = getattr(parts.head.question_encoder, "pooler", None)
-    if parts.pooling != "pooler" and isinstance(pooler, torch.nn.Module):
-        pooler.requires_grad_(False)
+    for encoder in (parts.head.question_encoder, parts.context_encoder):
+        pooler = getattr(encoder, "pooler", None)
+        if parts.pooling != "pooler" and isinstance(pooler, torch.nn.Module):
+            pooler.requires_grad_(False)
     return parts
 
 
@@ -128,8 +137,9 @@ def _load_generator(name_or_path: str, dropout: float):
 
 def save_rag_model(parts: RagParts, directory) -> None:
     """Write Hugging Face files: the RAG model (safetensors), both tokenizers (RagTokenizer layout),
-    `rag_parts.json` (model type, pooling), and the question encoder alone under `question_encoder/`
-    (with its tokenizer, so `AutoModel`/`AutoTokenizer.from_pretrained` load it)."""
+    `rag_parts.json` (model type, pooling), the question encoder alone under `question_encoder/` and, when
+    trained, the context encoder under `context_encoder/` (each with its tokenizer, so
+    `AutoModel`/`AutoTokenizer.from_pretrained` load it alone)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     parts.head.save_pretrained(directory)
@@ -137,6 +147,9 @@ def save_rag_model(parts: RagParts, directory) -> None:
     parts.generator_tokenizer.save_pretrained(directory / GENERATOR_TOKENIZER_DIR)
     parts.head.question_encoder.save_pretrained(directory / QUESTION_ENCODER_DIR)
     parts.question_tokenizer.save_pretrained(directory / QUESTION_ENCODER_DIR)
+    if parts.context_encoder is not None:
+        parts.context_encoder.save_pretrained(directory / CONTEXT_ENCODER_DIR)
+        parts.context_tokenizer.save_pretrained(directory / CONTEXT_ENCODER_DIR)
     meta = {"format_version": FORMAT_VERSION, "model_type": parts.model_type, "pooling": parts.pooling}
     (directory / PARTS_FILE).write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -157,7 +170,12 @@ def load_rag_model(directory) -> RagParts:
         generator_tokenizer = AutoTokenizer.from_pretrained(directory / GENERATOR_TOKENIZER_DIR)
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"{directory}: cannot load the saved RAG model ({str(e).splitlines()[0]})") from None
-    return _with_unused_pooler_frozen(RagParts(model, question_tokenizer, generator_tokenizer, meta["pooling"]))
+    context_tokenizer, context_model = None, None
+    if (directory / CONTEXT_ENCODER_DIR).is_dir():
+        context_tokenizer, context_model = load_encoder(str(directory / CONTEXT_ENCODER_DIR))
+        context_model.eval()
+    return _with_unused_pooler_frozen(RagParts(model, question_tokenizer, generator_tokenizer, meta["pooling"],
+                                               context_model, context_tokenizer))
 
 
 def encode_questions(parts: RagParts, questions: list[str], max_length: int, device="cpu") -> torch.Tensor:

@@ -1,10 +1,15 @@
 """The RAG model joined to a retriever: question -> vector -> retrieval call -> doc scores -> RAG loss or answers.
 
-One nn.Module so that DistributedDataParallel sees the question encoder and the
-generator in one forward pass (the retrieval call sits in the middle, on a
-detached numpy copy of the question vectors; the gradient reaches the encoder
-through the doc scores instead). Which retriever it holds (Ray group, torch
-rank 0, in-process) is decided by the caller; this module never communicates.
+One nn.Module so that DistributedDataParallel sees the question encoder, the generator and (end-to-end
+retriever training) the context encoder in one forward pass. The retrieval call sits in the middle, on a
+detached numpy copy of the question vectors; the gradient reaches the question encoder through the doc scores
+instead, and the context encoder by re-encoding the retrieved passages:
+
+    doc_scores = q . v      v = the index's stored vectors            (context encoder not trained)
+    doc_scores = q . c(p)   c = the context encoder, p = the passages  (trained: gradient into both)
+
+Which retriever it holds (Ray group, torch rank 0, in-process) is decided by the caller; this module never
+communicates.
 """
 
 from __future__ import annotations
@@ -16,18 +21,25 @@ import torch
 from torch import nn
 
 from pipeline.config import ModelConfig
-from pipeline.model.encoders import pool
+from pipeline.model.encoders import encode, passage_text, pool
 from pipeline.model.rag import RagParts, generate_answers, rag_loss, tokenize_contexts
-from pipeline.retrieval.result import RetrievalResult
+from pipeline.retrieval.result import RetrievalResult, take_columns
 
 
 class RagWithRetrieval(nn.Module):
-    """Wraps `RagParts` (the trainable model) and a retriever with `retrieve(float32[B, d], k)`."""
+    """Wraps `RagParts` (the trainable model) and a retriever with `retrieve(float32[B, d], k)`.
 
-    def __init__(self, parts: RagParts, retriever, cfg: ModelConfig, seed: int = 0):
+    `rerank_depth` > n_docs retrieves that many passages and keeps the n_docs the context encoder scores best.
+    """
+
+    def __init__(self, parts: RagParts, retriever, cfg: ModelConfig, passage_max_length: int = 192,
+                 rerank_depth: int = 0, seed: int = 0):
         super().__init__()
-        self.model = parts.model  # the only registered submodule: DDP syncs exactly its parameters
+        # The registered submodules are what DDP synchronises: the RAG head and the context encoder if any.
+        self.model = parts.model
+        self.context_encoder = parts.context_encoder
         self.parts, self.retriever, self.cfg = parts, retriever, cfg
+        self.passage_max_length, self.rerank_depth = passage_max_length, rerank_depth
         self.retrieval_seconds: list[float] = []
         # The ablation's random passages come from random query directions, drawn per process.
         self._random = np.random.default_rng(seed)
@@ -41,24 +53,47 @@ class RagWithRetrieval(nn.Module):
         outputs = self.parts.model.question_encoder(input_ids=question_ids, attention_mask=question_mask)
         return pool(outputs, question_mask, self.parts.pooling).float()
 
+    def passage_vectors(self, hits: RetrievalResult) -> torch.Tensor:
+        """float32[B, k, d]: the retrieved passages encoded by the current context encoder (with gradient when
+        grad is enabled), shown to it as the index build shows passages."""
+        texts = [passage_text(title, text) for row_t, row_x in zip(hits.titles, hits.texts)
+                 for title, text in zip(row_t, row_x)]
+        vectors = encode(self.context_encoder, self.parts.context_tokenizer, texts, self.parts.pooling,
+                         self.passage_max_length, self.device)
+        return vectors.view(len(hits.titles), -1, vectors.shape[-1])
+
     def retrieve(self, vectors: torch.Tensor) -> RetrievalResult:
-        """Top-n_docs passages for the (detached) question vectors; timed for --train.profile."""
+        """Top passages for the (detached) question vectors: n_docs, or rerank_depth to rerank; timed for
+        --train.profile."""
         queries = vectors.detach().float().cpu().numpy()
         if self.cfg.random_passages:
             queries = self._random.standard_normal(queries.shape).astype(np.float32)
         started = time.perf_counter()
-        result = self.retriever.retrieve(queries, self.cfg.n_docs)
+        result = self.retriever.retrieve(queries, max(self.cfg.n_docs, self.rerank_depth))
         self.retrieval_seconds.append(time.perf_counter() - started)
         return result
+
+    def retrieve_and_score(self, vectors: torch.Tensor) -> tuple[RetrievalResult, torch.Tensor]:
+        """(n_docs passages per question, their vectors float32[B, n_docs, d] that the doc scores use)."""
+        hits = self.retrieve(vectors)
+        if self.context_encoder is None:
+            return hits, hits.vectors
+        if self.rerank_depth > self.cfg.n_docs:
+            with torch.no_grad():
+                fresh = self.passage_vectors(hits)
+                scores = torch.bmm(vectors.detach().unsqueeze(1), fresh.transpose(1, 2)).squeeze(1)
+            keep = torch.topk(scores, self.cfg.n_docs, dim=1).indices.cpu().numpy()
+            hits = take_columns(hits, keep)
+        return hits, self.passage_vectors(hits)
 
     def forward(self, questions: list[str], question_ids: torch.Tensor, question_mask: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
         """Marginal NLL of the answers (mean over the batch)."""
         vectors = self.question_vectors(question_ids, question_mask)
-        hits = self.retrieve(vectors)
+        hits, doc_vectors = self.retrieve_and_score(vectors)
         context_ids, context_mask = tokenize_contexts(
             self.parts, hits.titles, hits.texts, questions, self.cfg.max_source_length, self.device)
-        return rag_loss(self.parts, vectors, hits.vectors, context_ids, context_mask, labels, self.cfg.n_docs)
+        return rag_loss(self.parts, vectors, doc_vectors, context_ids, context_mask, labels, self.cfg.n_docs)
 
     @torch.no_grad()
     def answer(self, questions: list[str]) -> tuple[list[str], RetrievalResult]:
@@ -66,9 +101,9 @@ class RagWithRetrieval(nn.Module):
         batch = self.parts.question_tokenizer(questions, padding=True, truncation=True,
                                               max_length=self.cfg.max_question_length, return_tensors="pt")
         vectors = self.question_vectors(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
-        hits = self.retrieve(vectors)
+        hits, doc_vectors = self.retrieve_and_score(vectors)
         context_ids, context_mask = tokenize_contexts(
             self.parts, hits.titles, hits.texts, questions, self.cfg.max_source_length, self.device)
-        answers = generate_answers(self.parts, vectors, hits.vectors, context_ids, context_mask, self.cfg.n_docs,
+        answers = generate_answers(self.parts, vectors, doc_vectors, context_ids, context_mask, self.cfg.n_docs,
                                    max_length=self.cfg.max_target_length)
         return answers, hits

@@ -16,7 +16,8 @@ calling together are gathered as soon as all W are there. The first batch waits 
 is known yet).
 
 A caller gets exactly what a solo call returns: rows of a batch do not influence each other (each question's
-top-k is its own), and callers are only stacked with callers asking the same k. A failure of the shared
+top-k is its own), and callers are only stacked with callers asking the same k of the same searcher (an actor
+holding two index versions during a roll-forward has one searcher per version). A failure of the shared
 search is raised to every caller of that batch.
 """
 
@@ -36,6 +37,7 @@ from pipeline.retrieval.result import RetrievalResult
 
 @dataclass
 class _Call:
+    search: Callable[[np.ndarray, int], RetrievalResult]
     queries: np.ndarray
     k: int
     arrived: float = field(default_factory=time.monotonic)
@@ -45,10 +47,10 @@ class _Call:
 
 
 class Coalescer:
-    """Serialises `search(queries float32[B, d], k) -> RetrievalResult` through one thread, batching callers."""
+    """Serialises searches `search(queries float32[B, d], k) -> RetrievalResult` through one thread, batching
+    callers of the same search function."""
 
-    def __init__(self, search: Callable[[np.ndarray, int], RetrievalResult], window_s: float):
-        self._search = search
+    def __init__(self, window_s: float):
         self._window_s = window_s
         self._waiting: queue.SimpleQueue[_Call] = queue.SimpleQueue()
         self.searches = 0  # batches searched (calls served = the actor's own count)
@@ -56,9 +58,10 @@ class Coalescer:
         self._recent_sizes: deque[int] = deque(maxlen=16)
         threading.Thread(target=self._serve, name="retrieval-coalescer", daemon=True).start()
 
-    def search(self, queries: np.ndarray, k: int) -> RetrievalResult:
+    def search(self, search: Callable[[np.ndarray, int], RetrievalResult], queries: np.ndarray,
+               k: int) -> RetrievalResult:
         """What `search(queries, k)` returns, possibly computed in one batch with other callers' queries."""
-        call = _Call(queries, k)
+        call = _Call(search, queries, k)
         self._waiting.put(call)
         call.done.wait()
         if call.error is not None:
@@ -70,11 +73,11 @@ class Coalescer:
             batch = self._collect(self._waiting.get())
             self.searches += 1
             self.largest_batch = max(self.largest_batch, len(batch))
-            by_k = defaultdict(list)
+            alike = defaultdict(list)
             for call in batch:
-                by_k[call.k].append(call)
-            for k, calls in by_k.items():
-                self._answer(calls, k)
+                alike[(call.search, call.k)].append(call)
+            for (search, k), calls in alike.items():
+                self._answer(search, calls, k)
 
     def _collect(self, first: _Call) -> list[_Call]:
         """`first`, the calls arriving until `window_s` after it (or until as many as recent batches held),
@@ -95,12 +98,12 @@ class Coalescer:
         self._recent_sizes.append(len(batch))
         return batch
 
-    def _answer(self, calls: list[_Call], k: int) -> None:
+    def _answer(self, search: Callable[[np.ndarray, int], RetrievalResult], calls: list[_Call], k: int) -> None:
         try:
             if len(calls) == 1:
-                calls[0].result = self._search(calls[0].queries, k)
+                calls[0].result = search(calls[0].queries, k)
             else:
-                whole = self._search(np.concatenate([c.queries for c in calls]), k)
+                whole = search(np.concatenate([c.queries for c in calls]), k)
                 start = 0
                 for call in calls:
                     call.result = whole.rows(start, start + len(call.queries))

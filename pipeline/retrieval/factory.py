@@ -22,7 +22,8 @@ def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int):
         from pipeline.retrieval.client import RetrievalClient
 
         # offset=rank: concurrent trainers start on different replicas instead of all on replica 0.
-        return RetrievalClient(cfg.group, cfg.namespace, timeout_s=cfg.call_timeout_s, offset=rank)
+        return RetrievalClient(cfg.group, cfg.namespace, timeout_s=cfg.call_timeout_s, offset=rank,
+                               version_check_s=cfg.version_check_s)
     if mode == "torch":
         from pipeline.retrieval.torch_distributed import TorchDistributedRetriever
 

@@ -9,6 +9,7 @@ import numpy as np
 
 from pipeline.errors import IndexFormatError, RetrievalError
 from pipeline.index.manifest import open_passages, open_vectors, read_manifest, shard_file
+from pipeline.index.versions import resolve_version
 from pipeline.retrieval.result import RetrievalResult
 from pipeline.retrieval.search import SearchParams, effective_settings, search_shard
 
@@ -18,7 +19,8 @@ class ShardSearcher:
 
     def __init__(self, index_dir: str | Path, shard: int, faiss_threads: int = 1,
                  params: SearchParams = SearchParams()):
-        self.index_dir = Path(index_dir)
+        # A location serves its CURRENT version; this searcher keeps serving that version's files.
+        self.index_dir = resolve_version(index_dir).directory
         self.manifest = read_manifest(self.index_dir)
         if not 0 <= shard < self.manifest.num_shards:
             raise IndexFormatError(f"{self.index_dir}: no shard {shard} (manifest has {self.manifest.num_shards})")
@@ -64,7 +66,7 @@ class ShardSearcher:
         return RetrievalResult(
             ids=hits.ids, scores=hits.scores, vectors=hits.vectors,
             titles=_rows(self.titles.values(rows), width),
-            texts=_rows(self.texts.values(rows), width),
+            texts=_rows(self.texts.values(rows), width), version=str(self.index_dir),
         )
 
     def settings(self) -> dict:

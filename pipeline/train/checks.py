@@ -14,26 +14,42 @@ def check_run_config(cfg: RunConfig) -> None:
     """ConfigError naming the keys for combinations no run can use (single-field bounds live with the options)."""
     for section in dataclasses.fields(cfg):
         check_section(getattr(cfg, section.name), section.name)
-    if cfg.retrieval.mode == "local" and cfg.train.num_workers > 1:
+    m, r, refresh = cfg.model, cfg.retrieval, cfg.refresh
+    if r.mode == "local" and cfg.train.num_workers > 1:
         raise ConfigError("retrieval.mode: 'local' loads the index in every worker; use 'ray' or 'torch' "
                           f"with train.num_workers={cfg.train.num_workers}")
+    if r.rerank_depth and r.rerank_depth < m.n_docs:
+        raise ConfigError(f"retrieval.rerank_depth: {r.rerank_depth} passages cannot be re-scored down to "
+                          f"model.n_docs={m.n_docs}; use a depth >= {m.n_docs} (or 0: no rerank)")
+    if r.rerank_depth and not m.train_context_encoder:
+        raise ConfigError("retrieval.rerank_depth: re-scoring uses the trained context encoder; "
+                          "set model.train_context_encoder true (or rerank_depth 0)")
+    if refresh.every_steps and not m.train_context_encoder:
+        raise ConfigError("refresh.every_steps: a refresh re-embeds the passages with the trained context encoder; "
+                          "set model.train_context_encoder true (or refresh.every_steps 0)")
+    if refresh.every_steps and r.mode != "ray":
+        raise ConfigError(f"refresh.every_steps: a refreshed index is served by rolling the retrieval group "
+                          f"forward; use retrieval.mode ray, not {r.mode!r}")
 
 
-def check_model_fits_index(question_encoder: str, generator: str, manifest: IndexManifest, index_dir: str) -> None:
-    """ModelLoadError if a model or tokenizer is missing, or the question encoder's width differs from the index."""
+def check_model_fits_index(cfg: RunConfig, manifest: IndexManifest) -> None:
+    """ModelLoadError if a model or tokenizer is missing, or an encoder's width differs from the index's."""
     from transformers import AutoConfig, AutoTokenizer
 
-    for role, source in (("model.question_encoder", question_encoder), ("model.generator", generator)):
+    roles = [("model.question_encoder", cfg.model.question_encoder), ("model.generator", cfg.model.generator)]
+    if cfg.model.train_context_encoder:
+        roles.append(("model.context_encoder", cfg.model.context_encoder))
+    for role, source in roles:
         try:
             config = AutoConfig.from_pretrained(source)
             AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{role} {source!r}: cannot load config/tokenizer ({str(e).splitlines()[0]})") \
                 from None
-        if role == "model.question_encoder":
+        if role != "model.generator":
             width = getattr(config, "projection_dim", 0) or getattr(config, "hidden_size", None)
             if width != manifest.dimension:
                 raise ModelLoadError(
-                    f"model.question_encoder {source!r} gives {width}-dim vectors but index {Path(index_dir)} "
+                    f"{role} {source!r} gives {width}-dim vectors but index {Path(cfg.index.directory)} "
                     f"was built with dimension {manifest.dimension} (encoder {manifest.encoder!r})"
                 )

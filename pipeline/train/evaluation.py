@@ -14,6 +14,7 @@ import math
 
 import torch
 
+from pipeline.progress import Progress
 from pipeline.train.metrics import score_answer, score_retrieval, summarize
 from pipeline.train.qa_data import QAExample
 
@@ -30,10 +31,15 @@ def summarize_rows(rows: list[dict], prefix: str = "") -> dict:
     return {f"{prefix}{key}": float("nan") if value is None else value for key, value in summarize(rows).items()}
 
 
-def predict(module, examples: list[QAExample], batch_size: int, rank: int = 0, world: int = 1) -> list[dict]:
-    """Scored rows for this rank's share (every world-th example); all ranks make equal numbers of calls."""
+def predict(module, examples: list[QAExample], batch_size: int, rank: int = 0, world: int = 1,
+            progress_label: str = "") -> list[dict]:
+    """Scored rows for this rank's share (every world-th example); all ranks make equal numbers of calls.
+
+    With `progress_label`, rank 0 prints progress lines (its own share, with rate and ETA).
+    """
     mine = examples[rank::world]
     batches = math.ceil(math.ceil(len(examples) / world) / batch_size)
+    progress = Progress(progress_label, len(mine), "questions") if progress_label and rank == 0 else None
     rows = []
     was_training = module.training
     module.eval()
@@ -43,6 +49,8 @@ def predict(module, examples: list[QAExample], batch_size: int, rank: int = 0, w
         questions = [e.question for e in chunk] or [examples[0].question]
         answers, hits = module.answer(questions)
         rows.extend(score_row(e, answers[i], hits.texts[i]) for i, e in enumerate(chunk))
+        if progress:
+            progress.update(len(chunk))
     module.train(was_training)
     return rows
 

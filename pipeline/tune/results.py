@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import csv
 import json
-import shutil
 from pathlib import Path
 
 import yaml
@@ -73,19 +72,14 @@ def plot_metric(path: Path, rows: list[dict], metric: str) -> None:
 
 
 def copy_best_model(best: dict, destination: Path) -> None:
-    """Copy the model saved in the best trial's last checkpoint to `destination`, and check that it loads."""
+    """Export the model of the best trial's last checkpoint to `destination` (checked to load alone)."""
     import ray.train
 
-    from pipeline.model.rag import load_rag_model
-    from pipeline.train.finetune import CHECKPOINT_MODEL
+    from pipeline.train.checkpoints import export_model
 
     if not best["checkpoint_path"]:
         raise RuntimeError(f"best trial {best['trial_id']} reported no checkpoint")
-    with ray.train.Checkpoint(best["checkpoint_path"]).as_directory() as ckpt:
-        if destination.exists():
-            shutil.rmtree(destination)
-        shutil.copytree(Path(ckpt) / CHECKPOINT_MODEL, destination)
-    load_rag_model(destination)  # the exported model must load on its own before we say it exists
+    export_model(ray.train.Checkpoint(best["checkpoint_path"]), destination)
 
 
 def describe_overrides(overrides: dict) -> str:

@@ -22,7 +22,7 @@ Layout of tune.output_dir (on a multi-node cluster, storage every node sees, as 
 
 from __future__ import annotations
 
-import json
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,7 @@ import yaml
 
 from pipeline.config import RunConfig, apply_overrides, config_from_dict
 from pipeline.errors import ConfigError, unwrap_pipeline_error
+from pipeline.train.checkpoints import read_history
 from pipeline.tune.search_space import (
     TRIAL_DRIVER_CPUS,
     check_sweep_config,
@@ -46,8 +47,7 @@ SWEEP_CONFIG = "sweep_config.yaml"
 
 # ----------------------------------------------------------------------------- one trial
 
-def train_trial(trial_config: dict, base: dict, train_dataset, train_examples: int, pooling: str,
-                trials_dir: str) -> None:
+def train_trial(trial_config: dict, base: dict, prepared, trials_dir: str) -> None:
     """One Tune trial: fine-tune `base` + trial_config["overrides"] (dotted keys) as one TorchTrainer run.
 
     Runs as the Train driver inside the trial actor. Its per-epoch reports reach Tune via TuneReportCallback.
@@ -60,8 +60,31 @@ def train_trial(trial_config: dict, base: dict, train_dataset, train_examples: i
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
     cfg.train.output_dir = str(Path(trials_dir) / trial_id)
-    trainer = make_trainer(cfg, train_dataset, train_examples, pooling, callbacks=[TuneReportCallback()])
-    trainer.fit()
+    if cfg.refresh.every_steps > 0:
+        with own_retrieval_group(cfg, trial_id):
+            make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+    else:
+        make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+
+
+@contextmanager
+def own_retrieval_group(cfg: RunConfig, trial_id: str):
+    """Point `cfg` at a retrieval group of the trial's own, for a trial whose refreshes would otherwise move
+    the group every trial shares to its own context encoder's index. The trial's group starts on the version the
+    shared group serves (its files are shared, memory-mapped, not copied), publishes its refreshed versions in
+    <trial output>/index, and is stopped when the trial ends; that location is kept beside the trial's model."""
+    from pipeline.retrieval.group import stop_retrieval_group, start_retrieval_group
+    from pipeline.retrieval.rollout import served_version
+
+    shared = served_version(cfg.retrieval.group, cfg.retrieval.namespace)
+    cfg.retrieval.group = f"{cfg.retrieval.group}.{trial_id}"
+    cfg.index.directory = str(shared.directory)
+    cfg.refresh.location = str(Path(cfg.train.output_dir) / "index")
+    start_retrieval_group(cfg.index.directory, cfg.retrieval)
+    try:
+        yield
+    finally:
+        stop_retrieval_group(cfg.retrieval.group, cfg.retrieval.namespace)
 
 
 def _plain(overrides: dict) -> dict:
@@ -117,9 +140,7 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     _record_sweep_config(out, cfg, restored)
 
     trainable = tune.with_resources(
-        tune.with_parameters(train_trial, base=cfg.to_dict(), train_dataset=prepared["train_dataset"],
-                             train_examples=prepared["train_examples"], pooling=prepared["pooling"],
-                             trials_dir=str(out / "trials")),
+        tune.with_parameters(train_trial, base=cfg.to_dict(), prepared=prepared, trials_dir=str(out / "trials")),
         {"CPU": TRIAL_DRIVER_CPUS},
     )
     if restored:
@@ -128,7 +149,7 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     else:
         scheduler = make_scheduler(cfg, space)
         reserved = len(list_members(cfg.retrieval.group, cfg.retrieval.namespace)) * cfg.retrieval.actor_num_cpus
-        concurrent = concurrent_trials(cfg, space, ray.cluster_resources(), reserved)
+        concurrent = concurrent_trials(cfg, space, ray.cluster_resources(), reserved, prepared.manifest.num_shards)
         print(f"[tune] {cfg.tune.num_samples} trials, {concurrent} at a time, ASHA on {cfg.tune.metric} "
               f"({cfg.tune.mode}) per epoch, sharing retrieval group {cfg.retrieval.group!r}", flush=True)
         tuner = tune.Tuner(
@@ -178,7 +199,7 @@ def _trial_rows(grid, metric_names: list[str]) -> list[dict]:
         checkpoints = [r["checkpoint_path"] for r in reports if isinstance(r.get("checkpoint_path"), str)]
         # A trial resumed by a restored sweep reports to Tune only the epochs after its checkpoint; the
         # checkpoint's own history holds the earlier ones.
-        by_epoch = {h["epoch"]: h for h in (_checkpoint_history(checkpoints[-1]) if checkpoints else [])}
+        by_epoch = {h["epoch"]: h for h in (read_history(checkpoints[-1]) if checkpoints else [])}
         by_epoch.update({r["epoch"]: r for r in reports if r.get("epoch") == r.get("epoch")})  # NaN: no epoch
         history = [{k: r[k] for k in metric_names if k in r and r[k] == r[k]} for _, r in sorted(by_epoch.items())]
         trial_id = (result.metrics or {}).get("trial_id") or Path(result.path).name
@@ -192,20 +213,6 @@ def _trial_rows(grid, metric_names: list[str]) -> list[dict]:
             "error": str(result.error).splitlines()[0] if result.error else None,
         })
     return sorted(rows, key=lambda row: row["trial_id"])
-
-
-def _checkpoint_history(checkpoint_path: str) -> list[dict]:
-    """The per-epoch metrics the training loop saves in each checkpoint (read alone, not the whole checkpoint)."""
-    import ray.train
-
-    from pipeline.train.finetune import CHECKPOINT_HISTORY
-
-    checkpoint = ray.train.Checkpoint(checkpoint_path)
-    try:
-        with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{CHECKPOINT_HISTORY}") as f:
-            return json.loads(f.read())
-    except (OSError, ValueError):
-        return []
 
 
 def _record_sweep_config(out: Path, cfg: RunConfig, restoring: bool) -> None:

@@ -1,0 +1,225 @@
+"""The per-worker training recipe that every TorchTrainer worker runs: set up (or resume), then per epoch
+train, evaluate and report. Read it top to bottom; the model math is in pipeline/model, retrieval in
+pipeline/retrieval, the checkpoint format in pipeline/train/checkpoints.py.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from ray.data.collate_fn import NumpyBatchCollateFn
+
+from pipeline.config import RunConfig, config_from_dict
+from pipeline.progress import Progress, say
+from pipeline.train.checkpoints import TrainState, restore_checkpoint, save_checkpoint
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """Runs on every TorchTrainer worker. loop_config: {"run": RunConfig dict, "steps_per_epoch": int}."""
+    run = set_up(config_from_dict(loop_config["run"]), loop_config["steps_per_epoch"])
+    try:
+        for epoch in range(run.state.epoch, run.cfg.train.epochs):
+            if run.done():
+                break
+            losses, train_s = train_one_epoch(run, epoch)
+            metrics = evaluate(run, epoch, losses, train_s)
+            report(run, metrics)
+    finally:
+        run.close()
+
+
+@dataclass
+class WorkerRun:
+    """Everything one worker holds for a run."""
+
+    cfg: RunConfig
+    rank: int
+    world: int
+    device: torch.device
+    parts: object  # RagParts
+    rag: object  # RagWithRetrieval: the module the loss and answers come from
+    model: torch.nn.Module  # `rag` as Ray Train prepared it (DDP across workers)
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    scaler: torch.amp.GradScaler
+    dev: list
+    state: TrainState
+    history: list[dict]
+    steps_per_epoch: int
+    total_steps: int
+    resumed_at_step: int  # > 0 when this attempt restored a checkpoint (resume or worker failure)
+    refresh: object = None  # IndexRefresh on rank 0 when refresh.every_steps > 0, else None
+
+    def done(self) -> bool:
+        return self.state.step >= self.total_steps
+
+    def close(self) -> None:
+        if self.refresh is not None:
+            self.refresh.close(self.state.step)
+
+
+def set_up(cfg: RunConfig, steps_per_epoch: int) -> WorkerRun:
+    """Build or restore the model, connect to retrieval, wrap for DDP, restore optimizer state and refresh schedule."""
+    import ray.train
+    import ray.train.torch
+    from transformers.utils import logging as hf_logging
+
+    from pipeline.model.rag import build_rag_model
+    from pipeline.model.rag_with_retrieval import RagWithRetrieval
+    from pipeline.retrieval.factory import make_retriever
+    from pipeline.train.optimizer import build_optimizer
+    from pipeline.train.qa_data import load_qa_examples
+
+    t = cfg.train
+    hf_logging.disable_progress_bar()  # one bar per checkpoint save and model load, from every worker
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(t.seed)
+    if not t.use_gpu:
+        torch.set_num_threads(max(1, int(t.cpus_per_worker)))
+
+    checkpoint = ray.train.get_checkpoint()
+    restored = restore_checkpoint(checkpoint) if checkpoint is not None else None
+    if restored is not None:
+        parts, state, history = restored.parts, restored.state, restored.history
+    else:
+        m = cfg.model
+        parts = build_rag_model(m.question_encoder, m.generator, m.model_type, cfg.index.pooling, m.label_smoothing,
+                                m.dropout, context_encoder=m.context_encoder if m.train_context_encoder else None)
+        state, history = TrainState(), []
+    parts.head.config.label_smoothing = cfg.model.label_smoothing
+    retriever = make_retriever(cfg.retrieval.mode, cfg.index.directory, cfg.retrieval, rank)
+    rag = RagWithRetrieval(parts, retriever, cfg.model, passage_max_length=cfg.index.max_length,
+                           rerank_depth=cfg.retrieval.rerank_depth, seed=t.seed + rank)
+    model = ray.train.torch.prepare_model(rag, parallel_strategy_kwargs={"find_unused_parameters": False})
+    rag.train()
+
+    total_steps = steps_per_epoch * t.epochs if t.max_steps < 0 else min(t.max_steps, steps_per_epoch * t.epochs)
+    optimizer, scheduler = build_optimizer(parts, cfg, total_steps)
+    if restored is not None:
+        optimizer.load_state_dict(restored.optimizer)
+        scheduler.load_state_dict(restored.scheduler)
+    refresh = None
+    if rank == 0 and cfg.refresh.every_steps > 0:
+        from pipeline.train.refresh_schedule import IndexRefresh
+
+        refresh = IndexRefresh(cfg, state)
+    dev = load_qa_examples(cfg.data.dev, cfg.data, limit=t.eval_max_examples)
+    scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and t.precision == "fp16")
+    return WorkerRun(cfg, rank, world, device, parts, rag, model, optimizer, scheduler, scaler, dev, state, history,
+                     steps_per_epoch, total_steps, resumed_at_step=state.step, refresh=refresh)
+
+
+def train_one_epoch(run: WorkerRun, epoch: int) -> tuple[list[float], float]:
+    """One pass over this worker's shard of the training data; returns (per-batch losses, seconds)."""
+    import ray.train
+
+    cfg, t = run.cfg, run.cfg.train
+    losses, curve_losses, micro = [], [], 0
+    run.rag.retrieval_seconds.clear()
+    steps_left = run.total_steps - run.state.step
+    progress = Progress(f"train epoch {epoch + 1}", min(steps_left, run.steps_per_epoch), "steps", every_s=15) \
+        if run.rank == 0 else None
+    shard = ray.train.get_dataset_shard("train")
+    for batch in shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True,
+                                          collate_fn=TrainingBatch(run.device)):
+        with _autocast(cfg, run.device):
+            loss = run.model(batch["question"], batch["question_ids"], batch["question_mask"], batch["labels"])
+        run.scaler.scale(loss / t.grad_accum).backward()
+        losses.append(loss.item())
+        curve_losses.append(losses[-1])
+        micro += 1
+        if micro % t.grad_accum:
+            continue
+        optimizer_step(run)
+        if run.state.step % t.log_every_steps == 0:
+            run.state.loss_curve.append([run.state.step, float(np.mean(curve_losses))])
+            curve_losses.clear()
+        if run.refresh is not None:
+            run.refresh.after_step(run.state.step, run.parts)
+        if progress:
+            progress.update(1, loss=float(np.mean(losses[-t.log_every_steps:])))
+        if run.done():
+            break
+    train_s = progress.finish(loss=float(np.mean(losses)) if losses else float("nan")) if progress else 0.0
+    return losses, train_s
+
+
+def optimizer_step(run: WorkerRun) -> None:
+    """Clip, step, zero the gradients, advance the schedule: one optimizer step of the run."""
+    t = run.cfg.train
+    if t.grad_clip > 0:
+        run.scaler.unscale_(run.optimizer)
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), t.grad_clip)
+    run.scaler.step(run.optimizer)
+    run.scaler.update()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.state.step += 1
+
+
+def evaluate(run: WorkerRun, epoch: int, losses: list[float], train_s: float) -> dict:
+    """Dev metrics of the model as it stands (every rank scores its share; all ranks get every row)."""
+    from pipeline.train.evaluation import gather_rows, predict, summarize_rows
+
+    t = run.cfg.train
+    retrieval_calls = list(run.rag.retrieval_seconds)
+    rows = gather_rows(predict(run.rag, run.dev, t.batch_size, run.rank, run.world,
+                               progress_label=f"dev epoch {epoch + 1}"), run.world)
+    metrics = {"epoch": epoch + 1, "step": run.state.step, "resumed_at_step": run.resumed_at_step,
+               "train_loss": float(np.mean(losses)) if losses else float("nan"), "epoch_s": round(train_s, 2),
+               **summarize_rows(rows, prefix="dev_")}
+    if t.profile and retrieval_calls:
+        metrics["retrieval_s_per_call"] = float(np.mean(retrieval_calls))
+        metrics["retrieval_share_of_epoch"] = float(np.sum(retrieval_calls) / max(train_s, 1e-9))
+    if run.refresh is not None:
+        metrics.update(run.refresh.metrics())
+    if run.rank == 0:
+        say(f"[train] epoch {epoch + 1}: " + ", ".join(
+            f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in metrics.items()
+            if k in ("step", "train_loss", "dev_exact_match", "dev_f1", "dev_recall@1", "refreshes")))
+    return metrics
+
+
+def report(run: WorkerRun, metrics: dict) -> None:
+    """Report the epoch to Ray Train; rank 0 attaches a checkpoint when one is due (every rank reports, so Train
+    keeps the workers in step)."""
+    import ray.train
+
+    t = run.cfg.train
+    run.history.append(metrics)
+    run.state.epoch = metrics["epoch"]
+    last = run.state.epoch == t.epochs or run.done()
+    if run.rank == 0 and (run.state.epoch % t.checkpoint_every_epochs == 0 or last):
+        with tempfile.TemporaryDirectory() as tmp:
+            save_checkpoint(Path(tmp), run.parts, run.optimizer, run.scheduler, run.state, run.history)
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+    else:
+        ray.train.report(metrics)
+
+
+class TrainingBatch(NumpyBatchCollateFn):
+    """Ray Data collate function for the tokenized QA columns (`QATokenizer`): int64 tensors on the worker's
+    device, and the question strings as a list (the generator's inputs are "passage // question" strings)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def __call__(self, batch: dict) -> dict:
+        out = {name: torch.as_tensor(batch[name], dtype=torch.long).to(self.device)
+               for name in ("question_ids", "question_mask", "labels")}
+        out["question"] = [str(q) for q in batch["question"]]
+        return out
+
+
+def _autocast(cfg: RunConfig, device: torch.device):
+    if device.type != "cuda" or cfg.train.precision == "no":
+        return torch.autocast("cpu", enabled=False)
+    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16)
+
+
