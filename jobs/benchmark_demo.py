@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import apply_overrides, build_parser, parse_config
+from pipeline.demo.defaults import fill_demo_defaults, training_needs
 from pipeline.errors import run_job
 from pipeline.index.manifest import read_manifest
 from pipeline.model.rag import build_rag_model, save_rag_model
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/benchmarks", help="Folder for demo.json and demo.png.")
     config, args = parse_config(argv, __doc__, parser=parser)
     begun = time.perf_counter()
+    fill_demo_defaults(config, needs=training_needs(config) + ("data.test",))  # scores the test split too
     connect_ray()
     prepare_run(config)  # demo data, index and retrieval group, shared by both runs
     test = load_qa_examples(config.data.test, config.data)

@@ -335,7 +335,11 @@ def build_parser(description: str, sections: tuple[str, ...] | None = None) -> a
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Values are parsed as YAML: --train.lr 3e-4, --retrieval.actor_resources '{retrieval_node: 0.01}'.",
     )
-    parser.add_argument("--config", help="YAML file of `section: {key: value}` applied before the options below.")
+    parser.add_argument("--config", help="YAML file of `section: {key: value}` applied before the options below "
+                                         "(examples in configs/).")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Also show Ray's, Ray Train/Data/Tune's and transformers' own logs, progress bars and "
+                             "warnings (hidden by default; RAG_VERBOSE=1 does the same).")
     for section, cls in _sections().items():
         if sections is not None and section not in sections:
             continue
@@ -356,9 +360,13 @@ def build_parser(description: str, sections: tuple[str, ...] | None = None) -> a
 
 def parse_config(argv: list[str] | None, description: str, sections: tuple[str, ...] | None = None,
                  parser: argparse.ArgumentParser | None = None) -> tuple[RunConfig, argparse.Namespace]:
-    """Parse the command line into a RunConfig (defaults <- --config YAML <- --section.key overrides)."""
+    """Parse the command line into a RunConfig (defaults <- --config YAML <- --section.key overrides), and set
+    this process's output level from --verbose (`pipeline/output.py`)."""
+    from pipeline.output import configure_output
+
     parser = parser or build_parser(description, sections)
     args = parser.parse_args(argv)
+    configure_output(args.verbose)
     config = load_yaml(args.config) if args.config else RunConfig()
     for key, value in vars(args).items():
         if "." in key:

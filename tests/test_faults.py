@@ -136,7 +136,8 @@ def _two_replica_group(flat_index, group: str, timeout_s: float) -> RetrievalCon
 
 
 def _served(group: str) -> dict:
-    return {(m["shard"], m["replica"]): m["calls"] for m in group_status(group, TEST_NAMESPACE)}
+    """Calls served per (shard, replica), for the members that answer (a killed one may still be restarting)."""
+    return {(m["shard"], m["replica"]): m["calls"] for m in group_status(group, TEST_NAMESPACE) if "calls" in m}
 
 
 def _question_vectors(client, n=3):

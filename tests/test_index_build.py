@@ -171,7 +171,7 @@ def test_manifest_that_disagrees_with_files_is_refused(flat_index, tmp_path):
     import shutil
 
     copy = tmp_path / "index"
-    shutil.copytree(flat_index, copy)
+    shutil.copytree(flat_index / "v0001", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["count"] += 1
     manifest["shard_offsets"][-1] += 1
@@ -179,8 +179,8 @@ def test_manifest_that_disagrees_with_files_is_refused(flat_index, tmp_path):
     with pytest.raises(IndexFormatError, match=r"vectors.f32: \d+ bytes, manifest says \d+ x 384"):
         read_manifest(copy)
     (copy / "manifest.json").unlink()
-    with pytest.raises(IndexFormatError, match=r"manifest.json: missing"):
-        read_manifest(copy)
+    with pytest.raises(IndexFormatError, match=r"index: no CURRENT pointer; not an index location"):
+        read_manifest(copy)  # without its manifest a version directory is just a directory
 
 
 def test_exact_index_records_no_recall(flat_index):
@@ -191,11 +191,11 @@ def test_index_of_the_previous_format_asks_for_a_rebuild(flat_index, tmp_path):
     import shutil
 
     old = tmp_path / "old"
-    shutil.copytree(flat_index, old)
+    shutil.copytree(flat_index / "v0001", old)
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["format_version"] = 1
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match=r"format_version 1, this code reads 2; rebuild the index .*overwrite"):
+    with pytest.raises(IndexFormatError, match=r"format_version 1, this code reads 2; rebuild the index into a new location"):
         read_manifest(old)
 
 
@@ -203,12 +203,12 @@ def test_unreadable_passages_file_is_refused(flat_index, tmp_path):
     import shutil
 
     copy = tmp_path / "index"
-    shutil.copytree(flat_index, copy)
+    shutil.copytree(flat_index / "v0001", copy)
     (copy / PASSAGES).write_bytes(b"not arrow at all")
     with pytest.raises(IndexFormatError, match=r"passages.arrow: not an Arrow IPC file"):
         read_manifest(copy)
 
 
 def test_missing_index_directory(tmp_path):
-    with pytest.raises(IndexFormatError, match=r"nowhere: index directory not found"):
+    with pytest.raises(IndexFormatError, match=r"nowhere: index location not found \(build it with"):
         read_manifest(tmp_path / "nowhere")

@@ -36,6 +36,7 @@ from pipeline.index.manifest import (
 from pipeline.index.recall import measure_recall
 from pipeline.index.versions import begin_version, discard_building, is_location, publish_version, resolve_version
 from pipeline.model.encoders import PassageEmbedder, load_encoder, resolve_encoder, weights_sha256
+from pipeline.progress import Progress
 from pipeline.table_files import iter_checked_rows, read_dataset, require_text
 
 _ADD_CHUNK = 65_536
@@ -89,10 +90,14 @@ def embed_passages(ds, encoder: str, pooling: str, max_length: int, batch_size: 
     )
 
 
-def write_passages_and_vectors(ds, directory: Path, log_every_s: float = 10.0,
-                               log=print) -> tuple[int, int, float]:
-    """Stream embedded batches into passages.arrow and vectors.f32; returns (count, dimension, seconds)."""
-    count, dimension, started, last_log = 0, None, time.perf_counter(), time.perf_counter()
+def write_passages_and_vectors(ds, directory: Path, progress_label: str | None = "build_index",
+                               total: int | None = None, log_every_s: float = 10.0) -> tuple[int, int, float]:
+    """Stream embedded batches into passages.arrow and vectors.f32; returns (count, dimension, seconds).
+
+    Progress lines under `progress_label` (None: silent); `total` passages when known (a refresh knows it, a
+    build learns it only at the end)."""
+    count, dimension, started = 0, None, time.perf_counter()
+    progress = Progress(progress_label, total, "passages", every_s=log_every_s) if progress_label else None
     with PassagesWriter(directory) as passages, open(directory / VECTORS, "wb") as vectors_out:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
@@ -100,9 +105,8 @@ def write_passages_and_vectors(ds, directory: Path, log_every_s: float = 10.0,
             passages.add(list(batch["title"]), list(batch["text"]))
             vectors_out.write(vectors.tobytes())
             count += len(vectors)
-            if time.perf_counter() - last_log > log_every_s:
-                last_log = time.perf_counter()
-                log(f"[build_index] embedded {count} passages ({count / (last_log - started):.0f}/s)")
+            if progress:
+                progress.update(len(vectors))
     if count == 0:
         raise DataError("the documents produced no passages")
     return count, dimension, time.perf_counter() - started

@@ -88,7 +88,7 @@ def read_manifest(directory: str | Path) -> IndexManifest:
     if manifest.format_version != FORMAT_VERSION:
         raise IndexFormatError(
             f"{path}: format_version {manifest.format_version}, this code reads {FORMAT_VERSION}; rebuild the index "
-            f"(jobs/build_index.py --index.directory {directory} --index.overwrite true)"
+            f"into a new location (jobs/build_index.py --index.directory NEW_DIR)"
         )
     offsets = manifest.shard_offsets
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != manifest.count or sorted(offsets) != offsets:

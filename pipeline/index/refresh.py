@@ -23,6 +23,10 @@ from pipeline.config import config_from_dict
 _ROWS_PER_READ = 4096
 
 
+def _quiet(line: str) -> None:
+    """The build's own progress lines: a refresh reports once, through the training loop (refresh_schedule)."""
+
+
 def _read_passage_rows(batch: dict, directory: str) -> dict:
     """Ray Data map_batches: row ids -> their titles and texts, read from the memory-mapped passages file."""
     from pipeline.index.manifest import open_passages
@@ -41,7 +45,7 @@ def refresh_index(location: str, base_encoder: str, weights: list, step: int, ru
     from pipeline.index.build import build_shards, embed_passages, write_passages_and_vectors
     from pipeline.index.manifest import IndexManifest, read_manifest
     from pipeline.index.versions import begin_version, discard_building, publish_version
-    from pipeline.model.encoders import load_encoder
+    from pipeline.model.encoders import load_encoder, weights_sha256
     from pipeline.retrieval.rollout import roll_group_forward, served_version
 
     cfg = config_from_dict(run)
@@ -60,13 +64,15 @@ def refresh_index(location: str, base_encoder: str, weights: list, step: int, ru
         ds = embed_passages(passages, str(building / "context_encoder"), served.pooling, served.max_length,
                             cfg.refresh.embed_batch_size, cfg.refresh.embed_concurrency, cfg.refresh.embed_num_cpus,
                             cfg.refresh.embed_num_gpus)
-        count, dimension, embed_s = write_passages_and_vectors(ds, building, label="refresh")
+        count, dimension, embed_s = write_passages_and_vectors(ds, building, progress_label=None)
         manifest = IndexManifest(
             encoder=served.encoder, pooling=served.pooling, max_length=served.max_length, dimension=dimension,
             metric=served.metric, count=count, factory=served.factory, shard_offsets=served.shard_offsets,
+            fingerprint={"encoder": served.encoder, "weights_sha256": weights_sha256(encoder), "count": count,
+                         "trained_at_step": step, "weights": "context_encoder"},
         )
         build_started = time.perf_counter()
-        build_shards(building, manifest, cfg.index.train_sample, cfg.index.recall_queries)
+        build_shards(building, manifest, cfg.index.train_sample, cfg.index.recall_queries, log=_quiet)
         build_s = time.perf_counter() - build_started
         version = publish_version(location, building)
     except BaseException:

@@ -104,8 +104,16 @@ class IndexRefresh:
         done = self.state["done"]
         return {"refreshes": len(done), "refresh_skipped": self.state["skipped"],
                 "refresh_failed": self.state["failed"], "refresh_stall_s": round(self.state["stall_s"], 3),
+                "refresh_final_wait_s": round(self.state.get("final_wait_s", 0.0), 3),
                 "served_version": done[-1]["version"] if done else self.initial_version}
 
+    def finish(self, step: int) -> None:
+        """After the last step: wait for a running refresh, so the final evaluation and checkpoint see its
+        version. Not counted as stall (no training is left to delay); its seconds are reported on their own."""
+        started = time.perf_counter()
+        self.wait(step)
+        self.state["final_wait_s"] = self.state.get("final_wait_s", 0.0) + time.perf_counter() - started
+
     def close(self, step: int | None = None) -> None:
-        """At the end of training: let a running refresh finish, so the group is left on one version."""
+        """When the worker stops (also on error): never leave a refresh task running without its owner."""
         self.wait(step)

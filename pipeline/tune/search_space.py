@@ -26,8 +26,9 @@ from pipeline.errors import ConfigError
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 
 # What `train_loop_per_worker` reports every epoch besides the dev metrics (`summarize_rows(prefix="dev_")`).
-TRAIN_LOOP_METRICS = ("epoch", "step", "resumed_at_step", "train_loss", "epoch_s")
+TRAIN_LOOP_METRICS = ("epoch", "step", "resumed_at_step", "train_loss", "epoch_s", "retrieval_failed_calls")
 PROFILE_METRICS = ("retrieval_s_per_call", "retrieval_share_of_epoch")
+REFRESH_METRICS = ("refreshes", "refresh_skipped", "refresh_failed", "refresh_stall_s", "refresh_final_wait_s")
 
 # Built once for all trials: the index and retrieval group (knowledge_base, index, retrieval), the train
 # dataset (data, and the tokenizers and lengths QATokenizer uses), and the sweep itself (tune).
@@ -61,7 +62,8 @@ def reported_metrics(cfg: RunConfig) -> list[str]:
     from pipeline.train.metrics import summarize
 
     names = list(TRAIN_LOOP_METRICS) + [f"dev_{key}" for key in summarize([])]
-    return names + (list(PROFILE_METRICS) if cfg.train.profile else [])
+    return (names + (list(PROFILE_METRICS) if cfg.train.profile else [])
+            + (list(REFRESH_METRICS) if cfg.refresh.every_steps else []))
 
 
 def max_epochs(cfg: RunConfig, space: dict[str, Distribution]) -> int:

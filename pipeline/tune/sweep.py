@@ -31,6 +31,7 @@ import yaml
 
 from pipeline.config import RunConfig, apply_overrides, config_from_dict
 from pipeline.errors import ConfigError, unwrap_pipeline_error
+from pipeline.output import tune_verbosity
 from pipeline.train.checkpoints import read_history
 from pipeline.tune.search_space import (
     TRIAL_DRIVER_CPUS,
@@ -157,7 +158,7 @@ def run_tune(cfg: RunConfig) -> SweepResult:
             param_space={"overrides": to_tune_domains(space)},
             tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler,
                                         num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=SWEEP_NAME, storage_path=str(out)),
+            run_config=tune.RunConfig(name=SWEEP_NAME, storage_path=str(out), verbose=tune_verbosity()),
         )
     grid = tuner.fit()
     rows = _trial_rows(grid, reported_metrics(cfg))
