@@ -127,3 +127,32 @@ def test_exact_paths_compare_every_path_at_every_batch(tmp_path):
     rows = measure_exact_paths(str(tmp_path / "index"), [1, 4], calls=2)
     assert [r["batch"] for r in rows] == [1, 4]
     assert all(set(r) == {"batch", "faiss_scan_ms", "faiss_product_ms", "numpy_product_ms"} for r in rows)
+
+
+def test_scale_plan_builds_the_grid_where_it_fits():
+    from pipeline.bench.scale import ScaleBenchmarkSpec, nlist_for, plan, settings_for
+
+    spec = ScaleBenchmarkSpec(counts=[100_000, 1_000_000, 2_000_000], shards=[1, 2, 4], graph_max_count=1_000_000)
+    configs = plan(spec)
+    assert [(n, s) for n, f, s in configs if f == spec.compressed] == [
+        (n, s) for n in (100_000, 1_000_000, 2_000_000) for s in (1, 2, 4)]
+    assert [(n, s) for n, f, s in configs if f == spec.graph] == [(100_000, 1), (100_000, 2), (100_000, 4),
+                                                                  (1_000_000, 1)]
+    assert [(n, s) for n, f, s in configs if f == "Flat"] == [(100_000, 1), (1_000_000, 1)]
+    assert nlist_for(1_000_000) == 2048 and nlist_for(250_000) == 1024 and nlist_for(100) == 16
+    assert settings_for("IVF1024,PQ64x4fs", ScaleBenchmarkSpec(ivf_settings="16x1,64x10")) == [
+        {"nprobe": 16, "rerank_factor": 1}, {"nprobe": 64, "rerank_factor": 10}]
+    assert settings_for("HNSW32", ScaleBenchmarkSpec(hnsw_settings="32,128")) == [{"ef_search": 32},
+                                                                                 {"ef_search": 128}]
+    assert settings_for("Flat", spec) == [{}]
+
+
+def test_scale_figure_picks_the_fastest_setting_near_the_best_recall(tmp_path):
+    from pipeline.bench.scale_report import best_rows, plot_scale
+
+    rows = [{"count": 1000, "factory": "IVF32,PQ8", "shards": 1, "nprobe": n, "rerank_factor": 1,
+             "recall_at_10": r, "p50_ms": ms, "pss_mb_per_actor": 10.0}
+            for n, r, ms in ((4, 0.80, 1.0), (16, 0.965, 2.0), (64, 0.97, 5.0))]
+    assert [r["nprobe"] for r in best_rows(rows)] == [16]  # within 0.01 of the best recall, and faster
+    plot_scale({"rows": rows, "spec": {"dimension": 8}, "machine": {"cores": 2}}, tmp_path / "scale.png")
+    assert (tmp_path / "scale.png").stat().st_size > 0

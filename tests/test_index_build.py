@@ -125,7 +125,8 @@ def _assert_nothing_written(tmp_path, out):
 
 
 @pytest.mark.parametrize("content,expected", [
-    ('{"title": "a", "text": "fine"}\n{"title": "b", "text": "  "}\n', r"docs.jsonl:2: field 'text' is missing or empty"),
+    ('{"title": "a", "text": "fine"}\n{"title": "b", "text": "  "}\n',
+     r"docs.jsonl:2: field 'text' is missing or empty"),
     ('{"title": "a", "text": "fine"}\n{"title": "b"}\n', r"docs.jsonl:2: field 'text' is missing or empty"),
     ('{"title": "a", "body": "fine"}\n', r"docs.jsonl: missing column 'text'"),
 ])
@@ -194,7 +195,8 @@ def test_index_of_the_previous_format_asks_for_a_rebuild(flat_index, tmp_path):
     manifest = json.loads((old / "manifest.json").read_text())
     manifest["format_version"] = 1
     (old / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(IndexFormatError, match=r"format_version 1, this code reads 2; rebuild the index into a new location"):
+    with pytest.raises(IndexFormatError,
+                       match=r"format_version 1, this code reads 2; rebuild the index into a new location"):
         read_manifest(old)
 
 

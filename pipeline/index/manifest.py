@@ -179,4 +179,5 @@ def open_passages(directory: str | Path) -> pa.Table:
 def open_vectors(directory: str | Path, manifest: IndexManifest) -> np.ndarray:
     """The exact vectors, memory-mapped read-only: replicas on one node share these pages.
     `directory`: a version directory, or a location (its CURRENT version)."""
-    return np.memmap(_version_directory(directory) / VECTORS, dtype=np.float32, mode="r", shape=(manifest.count, manifest.dimension))
+    return np.memmap(_version_directory(directory) / VECTORS, dtype=np.float32, mode="r",
+                     shape=(manifest.count, manifest.dimension))
