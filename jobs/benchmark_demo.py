@@ -43,7 +43,7 @@ def main(argv=None) -> int:
     save_rag_model(build_rag_model(config.model.question_encoder, config.model.generator, config.model.model_type,
                                    manifest.pooling, config.model.label_smoothing, config.model.dropout),
                    untrained_dir)
-    untrained, _ = evaluate_model(str(untrained_dir), test, retriever, config.model)
+    untrained, _ = evaluate_model(str(untrained_dir), test, retriever, config)
     print(f"[benchmark_demo] before fine-tuning: test EM {untrained['exact_match']:.3f}", flush=True)
     runs = {}
     for name, random_passages in (("with_retrieval", False), ("random_passages", True)):
@@ -52,7 +52,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         result = run_finetune(run_cfg)
         train_s = time.perf_counter() - started
-        metrics, _ = evaluate_model(str(result.model_dir), test, retriever, run_cfg.model)
+        metrics, _ = evaluate_model(str(result.model_dir), test, retriever, run_cfg)
         runs[name] = {"train_wall_s": round(train_s, 1), "test": metrics, "history": result.history}
         print(f"[benchmark_demo] {name}: test EM {metrics['exact_match']:.3f} in {train_s:.0f}s", flush=True)
     after = retrieval_metrics(str(runs_dir(config) / "with_retrieval" / "model" / "question_encoder"),

@@ -30,7 +30,7 @@ def main(argv=None) -> int:
     qa_file = config.data.test
     examples = load_qa_examples(qa_file, config.data, limit=args.limit)
     retriever = open_retriever(config)
-    metrics, rows = evaluate_model(str(model_dir), examples, retriever, config.model)
+    metrics, rows = evaluate_model(str(model_dir), examples, retriever, config)
     out = Path(args.predictions or model_dir.parent / f"predictions_{Path(qa_file).stem}.jsonl")
     out.write_text("".join(json.dumps(row) + "\n" for row in rows))
     (out.with_suffix(".metrics.json")).write_text(json.dumps(metrics, indent=2))
