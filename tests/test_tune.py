@@ -267,3 +267,41 @@ def test_sweep_trials_share_one_retrieval_group_and_export_the_best_model(
     finally:
         watcher.stop.set()
         stop_retrieval_group(group, TEST_NAMESPACE)
+
+
+@pytest.mark.slow  # one whole (two-step) fine-tuning run with two index refreshes
+@pytest.mark.timeout(900)
+def test_a_trial_that_refreshes_its_index_gets_a_group_of_its_own(ray_cluster, corpus_file, flat_index, tiny_qa,
+                                                                   tmp_path):
+    from pipeline.index.manifest import read_manifest
+    from pipeline.index.versions import list_versions
+    from pipeline.retrieval.group import stop_retrieval_group
+    from pipeline.retrieval.rollout import served_version
+    from pipeline.tune.sweep import run_tune
+
+    group = f"tune-refresh-{uuid.uuid4().hex[:6]}"
+    tune_dir = tmp_path / "tune"
+    cfg = _sweep_config(corpus_file, flat_index, tiny_qa, tune_dir, group)
+    cfg.tune.search_space = {"refresh.every_steps": {"choice": [1]}, "train.context_encoder_lr": {"choice": [1e-4]}}
+    for key, value in {"tune.num_samples": 1, "model.train_context_encoder": True,
+                       "refresh.blocking": True, "refresh.embed_num_cpus": 0.25}.items():
+        set_key(cfg, key, value)
+    watcher = GroupWatcher()
+    watcher.start()
+    try:
+        result = run_tune(cfg)
+        watcher.stop.set()
+        watcher.join()
+        trial = result.trials[0]
+        assert trial["status"] == "terminated" and trial["metrics"]["refreshes"] == 2
+        own = f"{group}.{trial['trial_id']}"
+        assert any(own in sample for sample in watcher.samples)  # the trial's own group served it...
+        assert own not in watcher.groups()  # ...and was stopped with the trial
+        # The shared group still serves the shared index; the trial's versions went to its own location.
+        assert served_version(group, TEST_NAMESPACE).directory == (flat_index / "v0001").resolve()
+        assert list_versions(flat_index) == ["v0001"]
+        location = tune_dir / "trials" / trial["trial_id"] / "index"
+        assert read_manifest(location).fingerprint["trained_at_step"] == 2
+    finally:
+        watcher.stop.set()
+        stop_retrieval_group(group, TEST_NAMESPACE)

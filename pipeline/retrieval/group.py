@@ -185,6 +185,8 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
             handles.append(RetrievalActor.options(
                 name=actor_name(cfg.group, shard, replica), namespace=cfg.namespace, lifetime="detached",
                 get_if_exists=True, max_restarts=-1, max_concurrency=cfg.max_concurrency,
+                # Outside any placement group of the caller (a Tune trial's): the group outlives whoever starts it.
+                scheduling_strategy="DEFAULT",
                 num_cpus=cfg.actor_num_cpus, resources=dict(cfg.actor_resources),
                 runtime_env={"env_vars": {str(key): str(value) for key, value in cfg.actor_env.items()}},
             ).remote(str(version.directory), shard, replica, dataclasses.asdict(cfg)))

@@ -63,7 +63,8 @@ def reported_metrics(cfg: RunConfig) -> list[str]:
 
     names = list(TRAIN_LOOP_METRICS) + [f"dev_{key}" for key in summarize([])]
     return (names + (list(PROFILE_METRICS) if cfg.train.profile else [])
-            + (list(REFRESH_METRICS) if cfg.refresh.every_steps else []))
+            + (list(REFRESH_METRICS) if cfg.refresh.every_steps or "refresh.every_steps" in cfg.tune.search_space
+               else []))
 
 
 def max_epochs(cfg: RunConfig, space: dict[str, Distribution]) -> int:
