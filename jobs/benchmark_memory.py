@@ -6,7 +6,9 @@
 For each replica count R: every actor's RSS (counts shared mapped pages in full), USS (private to it) and
 PSS (shared pages split between the processes mapping them), after every replica has served `calls` calls
 (each Flat search reads the whole shard). Sum of PSS = what the group costs the node; its growth per
-added replica = what one more replica costs. Writes memory.{json,png} to --output_dir.
+added replica = what one more replica costs. Then what a Tune trial that refreshes its own index costs: its
+own 1-replica group, first on the shared version (beside the shared group), then on a version of its own.
+Writes memory.{json,png} to --output_dir.
 """
 
 import json
@@ -65,6 +67,38 @@ def measure(index_dir: str, replicas: int, calls: int) -> dict:
             "sum_rss_mb": sum(r["rss_mb"] for r in rows), "mean_uss_mb": float(np.mean([r["uss_mb"] for r in rows]))}
 
 
+def measure_trial_group(index_dir: str, calls: int, dimension: int, count: int, factory: str,
+                        passage_words: int) -> dict:
+    """PSS of a trial's own 1-replica group: on the version the shared group serves, then on its own version."""
+    from pipeline.index.versions import begin_version, publish_version
+    from pipeline.retrieval.rollout import roll_group_forward
+
+    shared = RetrievalConfig(group=GROUP, namespace=NAMESPACE, actor_num_cpus=0.01)
+    trial = RetrievalConfig(group=f"{GROUP}.trial", namespace=NAMESPACE, actor_num_cpus=0.01)
+    rng = np.random.default_rng(1)
+
+    def serve_and_measure(group: str) -> float:
+        actor = ray.get_actor(actor_name(group, 0, 0), namespace=NAMESPACE)
+        for _ in range(calls):
+            ray.get(actor.search.remote(rng.standard_normal((8, dimension), np.float32), 5))
+        return ray.get(_memory_of.remote(ray.get(actor.describe.remote())["pid"]))["pss_mb"]
+
+    start_retrieval_group(index_dir, shared)
+    start_retrieval_group(index_dir, trial)
+    try:
+        serve_and_measure(GROUP)
+        on_shared = serve_and_measure(trial.group)
+        with tempfile.TemporaryDirectory() as own:
+            building = begin_version(own)
+            write_synthetic_index(building, count, dimension, factory, seed=1, passage_words=passage_words)
+            roll_group_forward(trial.group, NAMESPACE, publish_version(own, building))
+            own_version = serve_and_measure(trial.group)
+    finally:
+        stop_retrieval_group(trial.group, NAMESPACE)
+        stop_retrieval_group(GROUP, NAMESPACE)
+    return {"on_shared_version_pss_mb": on_shared, "on_own_version_pss_mb": own_version}
+
+
 def main(argv=None) -> int:
     spec = parse_spec(MemoryBenchmarkSpec, argv, __doc__)
     connect_ray()
@@ -73,11 +107,14 @@ def main(argv=None) -> int:
         files_mb = {p.name: round(p.stat().st_size / 2**20, 1) for p in sorted(Path(tmp).iterdir())}
         load_before = load_average()
         results = [measure(tmp, r, spec.calls) for r in spec.replicas]
+        trial_group = measure_trial_group(tmp, spec.calls, spec.dimension, spec.count, spec.factory,
+                                          spec.passage_words)
     assert not list_members(GROUP, NAMESPACE)
     base = results[0]
     for r in results[1:]:
         r["added_per_extra_replica_mb"] = (r["sum_pss_mb"] - base["sum_pss_mb"]) / (r["replicas"] - base["replicas"])
-    report = {"spec": vars(spec), "index_files_mb": files_mb, "results": results, "machine": machine_info(),
+    report = {"spec": vars(spec), "index_files_mb": files_mb, "results": results, "trial_group": trial_group,
+              "machine": machine_info(),
               "load_before": load_before, "load_after": load_average(), "time": time.strftime("%Y-%m-%d %H:%M")}
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -89,6 +126,8 @@ def main(argv=None) -> int:
         print(f"{r['replicas']} replica(s): sum RSS {r['sum_rss_mb']:.0f} MB, sum PSS {r['sum_pss_mb']:.0f} MB, "
               f"USS per actor {r['mean_uss_mb']:.0f} MB"
               + ("" if extra is None else f", each extra replica adds {extra:.0f} MB"))
+    print(f"a refreshing Tune trial's own group: {trial_group['on_shared_version_pss_mb']:.0f} MB PSS on the shared "
+          f"version, {trial_group['on_own_version_pss_mb']:.0f} MB on a version of its own")
     return 0
 
 
