@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 from pipeline.config import apply_overrides, build_parser, parse_config
+from pipeline.demo.defaults import fill_demo_defaults, training_needs
 from pipeline.errors import run_job
 from pipeline.index.manifest import read_manifest
 from pipeline.model.rag import build_rag_model, save_rag_model
@@ -29,6 +30,7 @@ def main(argv=None) -> int:
     parser.add_argument("--out", default="runs/benchmarks", help="Folder for demo.json and demo.png.")
     config, args = parse_config(argv, __doc__, parser=parser)
     begun = time.perf_counter()
+    fill_demo_defaults(config, needs=training_needs(config) + ("data.test",))  # scores the test split too
     connect_ray()
     prepare_run(config)  # demo data, index and retrieval group, shared by both runs
     test = load_qa_examples(config.data.test, config.data)
@@ -41,7 +43,7 @@ def main(argv=None) -> int:
     save_rag_model(build_rag_model(config.model.question_encoder, config.model.generator, config.model.model_type,
                                    manifest.pooling, config.model.label_smoothing, config.model.dropout),
                    untrained_dir)
-    untrained, _ = evaluate_model(str(untrained_dir), test, retriever, config.model)
+    untrained, _ = evaluate_model(str(untrained_dir), test, retriever, config)
     print(f"[benchmark_demo] before fine-tuning: test EM {untrained['exact_match']:.3f}", flush=True)
     runs = {}
     for name, random_passages in (("with_retrieval", False), ("random_passages", True)):
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
         started = time.perf_counter()
         result = run_finetune(run_cfg)
         train_s = time.perf_counter() - started
-        metrics, _ = evaluate_model(str(result.model_dir), test, retriever, run_cfg.model)
+        metrics, _ = evaluate_model(str(result.model_dir), test, retriever, run_cfg)
         runs[name] = {"train_wall_s": round(train_s, 1), "test": metrics, "history": result.history}
         print(f"[benchmark_demo] {name}: test EM {metrics['exact_match']:.3f} in {train_s:.0f}s", flush=True)
     after = retrieval_metrics(str(runs_dir(config) / "with_retrieval" / "model" / "question_encoder"),

@@ -6,7 +6,7 @@
 """
 
 from pipeline.config import parse_config
-from pipeline.demo.data import ensure_demo_data
+from pipeline.demo.defaults import fill_demo_defaults
 from pipeline.errors import run_job
 from pipeline.index.build import build_index
 from pipeline.ray_session import connect_ray
@@ -14,8 +14,7 @@ from pipeline.ray_session import connect_ray
 
 def main(argv=None) -> int:
     config, _ = parse_config(argv, __doc__, sections=("knowledge_base", "index"))
-    if not config.knowledge_base.documents:
-        config.knowledge_base.documents = str(ensure_demo_data().documents)
+    fill_demo_defaults(config, needs=("knowledge_base.documents",))  # no documents and default index: the demo
     connect_ray()
     build_index(config.knowledge_base, config.index)
     return 0

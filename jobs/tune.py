@@ -1,8 +1,8 @@
 """TUNE: a Ray Tune sweep over whole fine-tuning runs, every trial sharing ONE index and retrieval group.
 
     python jobs/tune.py                                   # 2 trials on the bundled demo (generator x encoder lr)
-    python jobs/tune.py --config configs/my_sweep.yaml --tune.num_samples 8 --tune.max_concurrent_trials 2
-    ray job submit --working-dir . -- python jobs/tune.py --config configs/my_sweep.yaml
+    python jobs/tune.py --config configs/sweep.yaml --tune.num_samples 8 --tune.max_concurrent_trials 2
+    ray job submit --working-dir . -- python jobs/tune.py --config configs/sweep.yaml
 
 A trial is one TorchTrainer fine-tuning run with its sampled overrides (tune.search_space: dotted keys ->
 {uniform|loguniform: [lo, hi]}, {choice: [...]} or {randint: [lo, hi)}); ASHA stops weak trials on the
@@ -15,6 +15,7 @@ from pipeline.config import parse_config
 from pipeline.errors import run_job
 from pipeline.ray_session import connect_ray
 from pipeline.train.finetune import stop_group_unless_kept
+from pipeline.train.qa_data import check_training_inputs
 from pipeline.tune.results import format_trials
 from pipeline.tune.search_space import check_sweep_config
 from pipeline.tune.sweep import run_tune
@@ -22,7 +23,8 @@ from pipeline.tune.sweep import run_tune
 
 def main(argv=None) -> int:
     config, _ = parse_config(argv, __doc__)
-    check_sweep_config(config)  # bad search space or metric: fail before starting Ray
+    check_sweep_config(config)  # bad search space, metric or input: fail before starting Ray
+    check_training_inputs(config)
     connect_ray()
     try:
         result = run_tune(config)

@@ -51,6 +51,9 @@ class IndexConfig:
     factory: str = _opt("Flat", "FAISS index factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product).")
     shards: int = _opt(1, "Number of index shards (one FAISS file each; one actor per shard and replica).", ge=1)
     train_sample: int = _opt(100_000, "Vectors sampled to train index types that need training (IVF, PQ).", ge=1)
+    recall_queries: int = _opt(
+        200, "Approximate indexes: stored vectors used as queries to measure recall@10 against exact search at "
+             "build time (recorded in manifest.json; 0: skip).", ge=0)
     embed_batch_size: int = _opt(64, "Passages per embedding batch.", ge=1)
     embed_concurrency: int = _opt(1, "Embedding actors in the Ray Data pool.", ge=1)
     embed_num_cpus: float = _opt(1.0, "CPUs per embedding actor.", ge=0)
@@ -66,10 +69,29 @@ class RetrievalConfig:
     replicas: int = _opt(1, "Replicas of every shard (callers spread over them).", ge=1)
     actor_num_cpus: float = _opt(0.5, "CPUs reserved per retrieval actor.", ge=0)
     actor_resources: dict = _opt({}, "Extra Ray resources per retrieval actor, e.g. {retrieval_node: 0.01}.")
-    faiss_threads: int = _opt(1, "FAISS OpenMP threads per retrieval actor.", ge=1)
-    max_concurrency: int = _opt(4, "Concurrent calls one retrieval actor serves.", ge=1)
+    faiss_threads: int = _opt(1, "Threads one retrieval actor searches with (FAISS OpenMP threads).", ge=1)
+    actor_env: dict = _opt(
+        {"OMP_WAIT_POLICY": "PASSIVE"},
+        "Environment variables of each retrieval actor's process. PASSIVE: idle OpenMP threads sleep instead of "
+        "spinning, so a multi-threaded search does not stall on cores it shares with trainers.")
+    max_concurrency: int = _opt(
+        16, "Calls one retrieval actor holds at once (waiting calls are what coalescing batches: keep it >= the "
+            "trainers calling one replica).", ge=1)
+    coalesce_window_ms: float = _opt(
+        2.0, "Calls reaching an actor within this many ms of the first are searched as one batch and split back "
+             "per caller (0: every call searched on its own, concurrently).", ge=0)
+    nprobe: int = _opt(0, "IVF indexes: inverted lists visited per query (0: FAISS default, 1).", ge=0)
+    ef_search: int = _opt(0, "HNSW indexes: efSearch, the candidate list size per query (0: FAISS default, 16).",
+                          ge=0)
+    rerank_factor: int = _opt(
+        1, "Approximate indexes: fetch k x this many candidates and keep the k best by exact inner product.", ge=1)
     call_timeout_s: float = _opt(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
     keep_running: bool = _opt(True, "Leave the group running when the job ends (for later jobs and trials).")
+    on_new_version: str = _opt(
+        "roll", "When a job finds the running group on an older version of its index location: roll the group "
+                "forward to the location's CURRENT version, or refuse (naming both).", ("roll", "refuse"))
+    version_check_s: float = _opt(1.0, "Seconds between a client's looks at which index version its group serves "
+                                       "(a roll-forward reaches callers within this).", gt=0)
     rerank_depth: int = _opt(
         0, "Retrieve this many passages and keep the model.n_docs that the current context encoder scores best "
            "(needs model.train_context_encoder; 0: no rerank). Costs less recall between index refreshes.", ge=0)
@@ -150,6 +172,8 @@ class RefreshConfig:
                                  ge=0)
     embed_num_gpus: float = _opt(0.0, "GPUs per refresh embedding actor.", ge=0)
     embed_batch_size: int = _opt(64, "Passages per refresh embedding batch.", ge=1)
+    location: str = _opt("", "Index location the refreshed versions are published to. Empty: the location of "
+                             "the version the group serves (a Tune trial that refreshes gets its own).")
 
 
 @dataclass
@@ -311,7 +335,11 @@ def build_parser(description: str, sections: tuple[str, ...] | None = None) -> a
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Values are parsed as YAML: --train.lr 3e-4, --retrieval.actor_resources '{retrieval_node: 0.01}'.",
     )
-    parser.add_argument("--config", help="YAML file of `section: {key: value}` applied before the options below.")
+    parser.add_argument("--config", help="YAML file of `section: {key: value}` applied before the options below "
+                                         "(examples in configs/).")
+    parser.add_argument("--verbose", action="store_true",
+                        help="Also show Ray's, Ray Train/Data/Tune's and transformers' own logs, progress bars and "
+                             "warnings (hidden by default; RAG_VERBOSE=1 does the same).")
     for section, cls in _sections().items():
         if sections is not None and section not in sections:
             continue
@@ -332,9 +360,13 @@ def build_parser(description: str, sections: tuple[str, ...] | None = None) -> a
 
 def parse_config(argv: list[str] | None, description: str, sections: tuple[str, ...] | None = None,
                  parser: argparse.ArgumentParser | None = None) -> tuple[RunConfig, argparse.Namespace]:
-    """Parse the command line into a RunConfig (defaults <- --config YAML <- --section.key overrides)."""
+    """Parse the command line into a RunConfig (defaults <- --config YAML <- --section.key overrides), and set
+    this process's output level from --verbose (`pipeline/output.py`)."""
+    from pipeline.output import configure_output
+
     parser = parser or build_parser(description, sections)
     args = parser.parse_args(argv)
+    configure_output(args.verbose)
     config = load_yaml(args.config) if args.config else RunConfig()
     for key, value in vars(args).items():
         if "." in key:

@@ -28,23 +28,35 @@ class ModelLoadError(PipelineError):
 
 
 def unwrap_pipeline_error(error: BaseException) -> BaseException:
-    """The PipelineError raised inside a Ray task or actor, if any (Ray wraps user exceptions); else `error`."""
-    seen = error
-    while seen is not None:
-        if isinstance(seen, PipelineError):
-            return type(seen)(str(seen))
-        cause = getattr(seen, "cause", None)
-        seen = cause if isinstance(cause, BaseException) else seen.__cause__
+    """The PipelineError raised inside a Ray task, actor or Ray Train worker, if any (Ray wraps user exceptions:
+    a task's `cause`, a Train run's `worker_failures` by rank); else `error`."""
+    pending, seen = [error], set()
+    while pending:
+        current = pending.pop(0)
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, PipelineError):
+            return type(current)(str(current))
+        cause = getattr(current, "cause", None)
+        pending.append(cause if isinstance(cause, BaseException) else current.__cause__)
+        failures = getattr(current, "worker_failures", None)
+        if isinstance(failures, dict):
+            pending.extend(failures[rank] for rank in sorted(failures))
     return error
 
 
 def run_job(main) -> None:
-    """Run a job's `main() -> int` and exit with its code; a PipelineError becomes one `error:` line and exit 2."""
+    """Run a job's `main() -> int` and exit with its code; a PipelineError, also one raised in a Ray worker,
+    becomes one `error:` line on stderr and exit code 2."""
     import sys
 
     try:
         code = main()
-    except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # noqa: BLE001  (anything that is not a PipelineError is re-raised as it was)
+        error = unwrap_pipeline_error(e)
+        if not isinstance(error, PipelineError):
+            raise
+        print(f"error: {error}", file=sys.stderr)
         code = 2
     sys.exit(code)

@@ -14,7 +14,7 @@ import psutil
 import pytest
 import ray
 
-from pipeline.config import RunConfig, apply_overrides
+from pipeline.config import RetrievalConfig, RunConfig, apply_overrides
 from pipeline.errors import RetrievalError
 from pipeline.retrieval.client import RetrievalClient
 from pipeline.retrieval.group import (
@@ -23,6 +23,7 @@ from pipeline.retrieval.group import (
     start_retrieval_group,
     stop_retrieval_group,
 )
+from pipeline.retrieval.local import LocalRetriever
 from pipeline.train.finetune import run_finetune
 from tests.conftest import TEST_NAMESPACE
 
@@ -56,7 +57,7 @@ def _train_in_background(cfg):
     return thread, outcome
 
 
-def test_killed_retrieval_replica_fails_over_and_rejoins(tiny_demo, tmp_path):
+def test_training_survives_a_killed_replica_which_restarts(tiny_demo, tmp_path):
     cfg = _config(tiny_demo, tmp_path, "faulty", **{"retrieval.replicas": 2, "train.epochs": 6})
     start_retrieval_group(cfg.index.directory, cfg.retrieval)
     try:
@@ -122,3 +123,64 @@ def test_shard_with_every_replica_dead_fails_fast_and_clearly(tiny_demo):
         assert time.monotonic() - started < 2 * 10 + 5
     finally:
         stop_retrieval_group("dead", TEST_NAMESPACE)
+
+
+# ---------------------------------------------------------------- failover inside one call
+
+
+def _two_replica_group(flat_index, group: str, timeout_s: float) -> RetrievalConfig:
+    cfg = RetrievalConfig(group=group, namespace=TEST_NAMESPACE, replicas=2, actor_num_cpus=0.1,
+                          call_timeout_s=timeout_s)
+    start_retrieval_group(str(flat_index), cfg)
+    return cfg
+
+
+def _served(group: str) -> dict:
+    """Calls served per (shard, replica), for the members that answer (a killed one may still be restarting)."""
+    return {(m["shard"], m["replica"]): m["calls"] for m in group_status(group, TEST_NAMESPACE) if "calls" in m}
+
+
+def _question_vectors(client, n=3):
+    return np.random.default_rng(7).standard_normal((n, client.dimension)).astype(np.float32)
+
+
+def test_replica_hanging_during_a_call_times_out_and_another_replica_answers(flat_index, ray_cluster):
+    _two_replica_group(flat_index, "hang", timeout_s=3)
+    try:
+        client = RetrievalClient("hang", TEST_NAMESPACE, timeout_s=3, offset=0)  # shard 0 asks replica 0 first
+        queries = _question_vectors(client)
+        expected = LocalRetriever(flat_index).retrieve(queries, 4)
+        ray.get(ray.get_actor(actor_name("hang", 0, 0), namespace=TEST_NAMESPACE).pause_for.remote(30))
+        before = _served("hang")
+        started = time.monotonic()
+        result = client.retrieve(queries, 4)
+        elapsed = time.monotonic() - started
+        served = {key: calls - before[key] for key, calls in _served("hang").items()}
+        np.testing.assert_array_equal(result.ids, expected.ids)
+        assert served[(0, 0)] == 1 and served[(0, 1)] == 1, served  # asked the stuck one, answered by the other
+        assert 3 <= elapsed < 20, elapsed  # waited out the timeout, not the 30 s pause
+    finally:
+        stop_retrieval_group("hang", TEST_NAMESPACE)
+
+
+def test_replica_dying_during_a_call_is_replaced_by_another_within_the_call(flat_index, ray_cluster):
+    _two_replica_group(flat_index, "die", timeout_s=60)
+    try:
+        client = RetrievalClient("die", TEST_NAMESPACE, timeout_s=60, offset=0)
+        queries = _question_vectors(client)
+        expected = LocalRetriever(flat_index).retrieve(queries, 4)
+        victim = ray.get_actor(actor_name("die", 0, 0), namespace=TEST_NAMESPACE)
+        pid = ray.get(victim.describe.remote())["pid"]
+        ray.get(victim.pause_for.remote(30))  # the call will be inside the actor when the process dies
+        killer = threading.Timer(1.0, os.kill, (pid, signal.SIGKILL))
+        killer.start()
+        before = _served("die")[(0, 1)]
+        started = time.monotonic()
+        result = client.retrieve(queries, 4)
+        elapsed = time.monotonic() - started
+        killer.join()
+        np.testing.assert_array_equal(result.ids, expected.ids)
+        assert _served("die")[(0, 1)] == before + 1
+        assert elapsed < 25, elapsed  # answered after the death, long before the pause or the timeout
+    finally:
+        stop_retrieval_group("die", TEST_NAMESPACE)

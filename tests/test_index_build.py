@@ -5,13 +5,12 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 from jobs import build_index as build_index_job
 from pipeline.errors import ConfigError, DataError, IndexFormatError
 from pipeline.index.build import split_into_passages
-from pipeline.index.manifest import PASSAGES, VECTORS, open_vectors, read_manifest
+from pipeline.index.manifest import PASSAGES, open_passages, open_vectors, read_manifest
 from tests.conftest import write_corpus
 
 
@@ -29,7 +28,7 @@ def test_passages_have_at_most_the_word_limit():
 
 def test_built_index_matches_its_manifest_and_documents(flat_index, corpus_file):
     manifest = read_manifest(flat_index)
-    table = pq.read_table(flat_index / PASSAGES)
+    table = open_passages(flat_index)
     docs = [json.loads(line) for line in corpus_file.read_text().splitlines()]
     expected_passages = sum(len(split_into_passages(d["text"], 100)) for d in docs)
     assert manifest.count == table.num_rows == expected_passages
@@ -55,7 +54,7 @@ def test_every_document_format_builds_the_same_passages(ray_cluster, tmp_path, f
         frame.to_csv(path, sep="\t" if fmt == "tsv" else ",", index=False)
     out = tmp_path / "index"
     assert _build(path, out, "--knowledge_base.title_column", "name", "--knowledge_base.text_column", "body") == 0
-    texts = sorted(pq.read_table(out / PASSAGES).column("text").to_pylist())
+    texts = sorted(open_passages(out).column("text").to_pylist())
     assert texts == sorted(p for r in rows for p in split_into_passages(r["text"], 100))
 
 
@@ -67,6 +66,12 @@ def test_approximate_index_types_build_and_load(ray_cluster, corpus_file, tmp_pa
     assert _build(corpus_file, out, "--index.factory", factory, "--index.train_sample", "1000") == 0
     manifest = read_manifest(out)
     assert manifest.factory == factory
+    # Recall of the served search against exact search, per setting of the index's knob, from the build.
+    knob = "ef_search" if factory.startswith("HNSW") else "nprobe"
+    assert [row[knob] for row in manifest.recall_at_10_vs_exact] == (
+        [16, 32, 64, 128, 256] if knob == "ef_search" else [1, 4])
+    assert all(0 < row["recall"] <= 1 and row["queries"] == min(200, manifest.count)
+               for row in manifest.recall_at_10_vs_exact)
     vectors = open_vectors(out, manifest)
     result = LocalRetriever(out).retrieve(np.array(vectors[:4]), 3)
     assert result.ids.shape == (4, 3) and result.vectors.shape == (4, 3, 384)
@@ -78,23 +83,40 @@ def test_approximate_index_types_build_and_load(ray_cluster, corpus_file, tmp_pa
         assert np.mean(result.ids[:, 0] == exact_top) >= 0.75
 
 
-def test_existing_directory_is_refused_without_overwrite(flat_index, corpus_file):
-    before = (flat_index / VECTORS).stat().st_mtime_ns
-    with pytest.raises(IndexFormatError, match="already exists.*overwrite"):
+def test_an_existing_location_is_refused_without_overwrite(flat_index, corpus_file):
+    before = (flat_index / "CURRENT").read_text(), sorted(p.name for p in flat_index.iterdir())
+    with pytest.raises(IndexFormatError, match=r"already holds index version v0001 \(CURRENT\); pass "
+                                               r"--index.overwrite true to build a new version beside it"):
         _build(corpus_file, flat_index)
-    assert (flat_index / VECTORS).stat().st_mtime_ns == before
+    assert ((flat_index / "CURRENT").read_text(), sorted(p.name for p in flat_index.iterdir())) == before
 
 
-def test_overwrite_replaces_the_index(ray_cluster, tmp_path):
+def test_overwrite_builds_a_new_current_version_and_removes_unserved_ones(ray_cluster, tmp_path):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     write_corpus(first, documents=4, seed=1)
     write_corpus(second, documents=7, seed=2)
     out = tmp_path / "index"
     assert _build(first, out) == 0
+    first_build = read_manifest(out).build_id
     assert _build(second, out, "--index.overwrite", "true") == 0
-    assert read_manifest(out).count == sum(len(split_into_passages(json.loads(l)["text"], 100))
-                                           for l in second.read_text().splitlines())
-    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    manifest = read_manifest(out)
+    assert (out / "CURRENT").read_text().strip() == "v0002" and manifest.build_id != first_build
+    assert manifest.count == sum(len(split_into_passages(json.loads(line)["text"], 100))
+                                 for line in second.read_text().splitlines())
+    assert manifest.fingerprint["count"] == manifest.count and len(manifest.fingerprint["weights_sha256"]) == 64
+    # v0001 is served by no group, so it is gone; nothing half-written is left behind.
+    assert sorted(p.name for p in out.iterdir()) == ["CURRENT", "v0002"]
+
+
+@pytest.mark.parametrize("overwrite", ["false", "true"])
+def test_a_directory_that_is_not_an_index_is_never_written_into(ray_cluster, corpus_file, tmp_path, overwrite):
+    out = tmp_path / "my_project"
+    out.mkdir()
+    (out / "notes.txt").write_text("keep me")
+    with pytest.raises(IndexFormatError, match=r"my_project: exists and is not an index location \(no CURRENT\); "
+                                               r"refusing to write into it"):
+        _build(corpus_file, out, "--index.overwrite", overwrite)
+    assert sorted(p.name for p in out.iterdir()) == ["notes.txt"] and (out / "notes.txt").read_text() == "keep me"
 
 
 def _assert_nothing_written(tmp_path, out):
@@ -103,7 +125,8 @@ def _assert_nothing_written(tmp_path, out):
 
 
 @pytest.mark.parametrize("content,expected", [
-    ('{"title": "a", "text": "fine"}\n{"title": "b", "text": "  "}\n', r"docs.jsonl:2: field 'text' is missing or empty"),
+    ('{"title": "a", "text": "fine"}\n{"title": "b", "text": "  "}\n',
+     r"docs.jsonl:2: field 'text' is missing or empty"),
     ('{"title": "a", "text": "fine"}\n{"title": "b"}\n', r"docs.jsonl:2: field 'text' is missing or empty"),
     ('{"title": "a", "body": "fine"}\n', r"docs.jsonl: missing column 'text'"),
 ])
@@ -148,7 +171,7 @@ def test_manifest_that_disagrees_with_files_is_refused(flat_index, tmp_path):
     import shutil
 
     copy = tmp_path / "index"
-    shutil.copytree(flat_index, copy)
+    shutil.copytree(flat_index / "v0001", copy)
     manifest = json.loads((copy / "manifest.json").read_text())
     manifest["count"] += 1
     manifest["shard_offsets"][-1] += 1
@@ -156,10 +179,37 @@ def test_manifest_that_disagrees_with_files_is_refused(flat_index, tmp_path):
     with pytest.raises(IndexFormatError, match=r"vectors.f32: \d+ bytes, manifest says \d+ x 384"):
         read_manifest(copy)
     (copy / "manifest.json").unlink()
-    with pytest.raises(IndexFormatError, match=r"manifest.json: missing"):
+    with pytest.raises(IndexFormatError, match=r"index: no CURRENT pointer; not an index location"):
+        read_manifest(copy)  # without its manifest a version directory is just a directory
+
+
+def test_exact_index_records_no_recall(flat_index):
+    assert read_manifest(flat_index).recall_at_10_vs_exact == []
+
+
+def test_index_of_the_previous_format_asks_for_a_rebuild(flat_index, tmp_path):
+    import shutil
+
+    old = tmp_path / "old"
+    shutil.copytree(flat_index / "v0001", old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest["format_version"] = 1
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(IndexFormatError,
+                       match=r"format_version 1, this code reads 2; rebuild the index into a new location"):
+        read_manifest(old)
+
+
+def test_unreadable_passages_file_is_refused(flat_index, tmp_path):
+    import shutil
+
+    copy = tmp_path / "index"
+    shutil.copytree(flat_index / "v0001", copy)
+    (copy / PASSAGES).write_bytes(b"not arrow at all")
+    with pytest.raises(IndexFormatError, match=r"passages.arrow: not an Arrow IPC file"):
         read_manifest(copy)
 
 
 def test_missing_index_directory(tmp_path):
-    with pytest.raises(IndexFormatError, match=r"nowhere: index directory not found"):
+    with pytest.raises(IndexFormatError, match=r"nowhere: index location not found \(build it with"):
         read_manifest(tmp_path / "nowhere")

@@ -287,9 +287,9 @@ def test_finetune_job_trains_against_the_running_group(job_cluster, retrieval_gr
     }))
     job = job_cluster.submit("python", "jobs/finetune.py", "--config", str(tiny), *RETRIEVAL,
                              "--train.max_steps", "2", "--train.num_workers", "1", "--train.epochs", "1", timeout=240)
-    assert "[finetune] final model:" in job.logs
+    assert f"[finetune] model (epoch 1, best by dev_exact_match): {work / 'run' / 'model'}" in job.logs
     assert (work / "run" / "model").is_dir() and (work / "run" / "metrics.json").is_file()
-    assert f"retrieval group {GROUP!r}: 1 actors" in job.logs
+    assert f"retrieval group {GROUP!r} ({NAMESPACE}): 1 actor(s)" in job.logs
     # Still one actor on the retrieval resource: training used the group an earlier job started, not a new one.
     assert "1.0/4.0 retrieval_node" in job_cluster.resource_usage("1.0/4.0 retrieval_node")
 

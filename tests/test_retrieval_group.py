@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import ray
@@ -150,3 +152,96 @@ def test_group_outlives_the_driver_that_started_it(flat_index, ray_cluster):
         assert client.retrieve(_queries(flat_index, n=2), 3).ids.shape == (2, 3)
     finally:
         assert stop_retrieval_group("outlive", TEST_NAMESPACE) == 2
+
+
+# ---------------------------------------------------------------- approximate indexes, passages
+
+
+@pytest.fixture(scope="module")
+def approximate_indexes(tmp_path_factory):
+    """Two-shard synthetic indexes (4,000 x 48): an HNSW graph and an IVF of 64 lists (~30 vectors each)."""
+    from pipeline.bench.synthetic import write_synthetic_index
+
+    root = tmp_path_factory.mktemp("approximate")
+    return {factory: write_synthetic_index(root / factory.replace(",", "_"), 4000, 48, factory, shards=2,
+                                           recall_queries=100) and root / factory.replace(",", "_")
+            for factory in ("HNSW8", "IVF64,Flat")}
+
+
+def _exact_top(index_dir, queries, k):
+    vectors = np.asarray(open_vectors(index_dir, read_manifest(index_dir)))
+    scores = queries @ vectors.T
+    return np.argsort(-scores, axis=1, kind="stable")[:, :k], vectors
+
+
+@pytest.mark.parametrize("factory,params", [("HNSW8", {"ef_search": 1}), ("IVF64,Flat", {"nprobe": 1})])
+def test_empty_faiss_slots_never_become_passage_zero(approximate_indexes, factory, params):
+    from pipeline.retrieval.search import SearchParams, faiss_parameters
+
+    index_dir, k = approximate_indexes[factory], 50
+    queries = _queries(index_dir, n=12, seed=3)
+    local = LocalRetriever(index_dir, params=SearchParams(**params))
+    shard = local.shards[0]
+    _, raw = shard.index.search(queries, k, params=faiss_parameters(shard.index, shard.params))
+    short = np.flatnonzero((raw < 0).any(axis=1))
+    assert len(short), "precondition: this setting leaves FAISS slots empty (-1)"
+    result = local.retrieve(queries, k)
+    exact, vectors = _exact_top(index_dir, queries, k)
+    assert result.ids.shape == (12, k) and np.all(result.ids >= 0)
+    assert all(len(set(row)) == k for row in result.ids)  # no slot filled twice
+    np.testing.assert_array_equal(result.vectors, vectors[result.ids])
+    np.testing.assert_allclose(result.scores, np.einsum("bd,bkd->bk", queries, result.vectors), rtol=1e-4, atol=1e-4)
+    assert np.all(np.diff(result.scores, axis=1) <= 1e-5)
+    # Passage 0 appears only where it truly is among the question's exact top-k, and the titles follow the ids.
+    for row, ids in enumerate(result.ids):
+        assert (0 in ids) <= (0 in exact[row])
+    assert result.titles[0] == [f"Passage {i}" for i in result.ids[0]]
+    # A question the approximate shard could not fill got the exact answer of that shard.
+    assert shard.fallback_rows >= len(short)
+
+
+def test_search_settings_are_applied_recorded_and_change_recall(approximate_indexes, ray_cluster):
+    index_dir = approximate_indexes["IVF64,Flat"]
+    queries = _queries(index_dir, n=40, seed=4)
+    exact, _ = _exact_top(index_dir, queries, 10)
+    recall = {}
+    for nprobe in (1, 64):
+        cfg = _config(f"ivf-{nprobe}", nprobe=nprobe)
+        start_retrieval_group(str(index_dir), cfg)
+        try:
+            info = group_status(cfg.group, TEST_NAMESPACE)
+            assert {m["search"]["nprobe"] for m in info} == {nprobe}
+            ids = RetrievalClient(cfg.group, TEST_NAMESPACE).retrieve(queries, 10).ids
+            recall[nprobe] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+        finally:
+            stop_retrieval_group(cfg.group, TEST_NAMESPACE)
+    assert recall[64] == 1.0 and recall[1] < 0.9, recall  # 64 of 64 lists is exhaustive; 1 list is not
+    manifest = read_manifest(index_dir)
+    rows = {row["nprobe"]: row["recall"] for row in manifest.recall_at_10_vs_exact}
+    assert set(rows) == {1, 4, 16, 64} and rows[64] == 1.0 and rows[1] < rows[64]
+
+
+def test_hnsw_ef_search_is_applied_per_search(approximate_indexes):
+    from pipeline.retrieval.search import SearchParams
+
+    index_dir = approximate_indexes["HNSW8"]
+    queries = _queries(index_dir, n=40, seed=5)
+    exact, _ = _exact_top(index_dir, queries, 10)
+    recall = {}
+    for ef in (1, 256):
+        retriever = LocalRetriever(index_dir, params=SearchParams(ef_search=ef))
+        assert retriever.shards[0].settings()["ef_search"] == ef
+        ids = retriever.retrieve(queries, 10).ids
+        recall[ef] = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, exact)])
+    assert recall[256] > recall[1] + 0.2, recall
+
+
+def test_replicas_memory_map_the_passages_instead_of_copying_them(flat_index, group_2x2):
+    from pipeline.index.manifest import PASSAGES, VECTORS
+
+    members = group_status(group_2x2.group, TEST_NAMESPACE)
+    assert len({m["pid"] for m in members}) == 4
+    for member in members:
+        maps = Path(f"/proc/{member['pid']}/maps").read_text()
+        for name in (PASSAGES, VECTORS):
+            assert f"{member['index_dir']}/{name}" in maps, f"actor {member['pid']} does not map {name}"

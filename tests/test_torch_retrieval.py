@@ -95,29 +95,3 @@ def test_ray_torch_and_local_modes_retrieve_identical_ids(flat_index, ray_cluste
 def test_unknown_mode_is_a_config_error(flat_index):
     with pytest.raises(ConfigError, match=r"retrieval.mode: 'grpc' is not one of ray, torch, local"):
         make_retriever("grpc", str(flat_index), RetrievalConfig(), 0)
-
-
-def test_concurrent_calls_to_one_actor_each_get_their_own_rows(flat_index, ray_cluster):
-    import ray
-
-    from pipeline.errors import RetrievalError
-    from pipeline.retrieval.group import actor_name
-
-    cfg = RetrievalConfig(group="merge", namespace=TEST_NAMESPACE, actor_num_cpus=0.1, max_concurrency=4)
-    start_retrieval_group(str(flat_index), cfg)
-    try:
-        actor = ray.get_actor(actor_name(cfg.group, 0, 0), namespace=TEST_NAMESPACE)
-        shard = LocalRetriever(flat_index).shards[0]
-        calls = [(_queries(flat_index, n, seed), k) for seed, (n, k) in enumerate([(3, 4), (1, 4), (5, 2), (2, 4)] * 3)]
-        bad = actor.search.remote(np.zeros((2, 16), np.float32), 4)  # fails alone, not the calls beside it
-        futures = [actor.search.remote(q, k) for q, k in calls]
-        for (queries, k), result in zip(calls, ray.get(futures)):
-            expected = shard.search(queries, k)
-            np.testing.assert_array_equal(result.ids, expected.ids)
-            np.testing.assert_array_equal(result.vectors, expected.vectors)
-            assert result.texts == expected.texts
-        with pytest.raises(ray.exceptions.RayTaskError) as error:
-            ray.get(bad)
-        assert isinstance(error.value.cause, RetrievalError) and "expects [B, 384]" in str(error.value.cause)
-    finally:
-        stop_retrieval_group(cfg.group, cfg.namespace)

@@ -197,10 +197,12 @@ class GroupWatcher(threading.Thread):
 @pytest.mark.timeout(900)
 def test_sweep_trials_share_one_retrieval_group_and_export_the_best_model(
         ray_cluster, corpus_file, flat_index, tiny_qa, tmp_path):
+    import torch
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
     from pipeline.model.rag import load_rag_model
     from pipeline.retrieval.group import group_status, stop_retrieval_group
+    from pipeline.train.checkpoints import MODEL_DIR, read_history
     from pipeline.tune.sweep import run_tune
 
     group = f"tune-test-{uuid.uuid4().hex[:6]}"
@@ -218,7 +220,9 @@ def test_sweep_trials_share_one_retrieval_group_and_export_the_best_model(
         ids = [row["trial_id"] for row in result.trials]
         for row in result.trials:
             assert [h["epoch"] for h in row["history"]] == [1, 2]
-            assert 0.0 <= row["metrics"]["dev_exact_match"] <= 1.0
+            # What the trial reported to Tune is what its last checkpoint's own history file says.
+            saved = read_history(row["checkpoint_path"])[-1]
+            assert (saved["epoch"], saved["dev_exact_match"]) == (2, row["metrics"]["dev_exact_match"])
             assert set(row["overrides"]) == {"train.lr", "model.label_smoothing"}
             assert Path(row["checkpoint_path"]).is_relative_to(tune_dir.resolve() / "trials" / row["trial_id"])
 
@@ -247,8 +251,12 @@ def test_sweep_trials_share_one_retrieval_group_and_export_the_best_model(
         best = load_yaml(files["best_config"])
         assert best.train.lr == pytest.approx(result.best["overrides"]["train.lr"])
         assert best.model.label_smoothing == result.best["overrides"]["model.label_smoothing"]
-        parts = load_rag_model(files["best_model"])
-        assert parts.model is not None
+        # best_model is the best trial's last checkpoint, not the other trial's.
+        exported = load_rag_model(files["best_model"]).model.state_dict()
+        other = next(row for row in result.trials if row["trial_id"] != result.best["trial_id"])
+        for row, same in ((result.best, True), (other, False)):
+            saved = load_rag_model(Path(row["checkpoint_path"]) / MODEL_DIR).model.state_dict()
+            assert all(torch.equal(saved[k], exported[k]) for k in exported) == same, row["trial_id"]
 
         # Running it again resumes the finished sweep: same trials, no Train run started again.
         checkpoints = sorted(p.name for p in tune_dir.glob("trials/*/ray_train/finetune/checkpoint_*"))
@@ -256,6 +264,44 @@ def test_sweep_trials_share_one_retrieval_group_and_export_the_best_model(
         assert again.restored and [row["trial_id"] for row in again.trials] == ids
         assert sorted(p.name for p in tune_dir.glob("trials/*/ray_train/finetune/checkpoint_*")) == checkpoints
         assert {(r["shard"], r["replica"]): r["pid"] for r in group_status(group, TEST_NAMESPACE)} == samples[0]
+    finally:
+        watcher.stop.set()
+        stop_retrieval_group(group, TEST_NAMESPACE)
+
+
+@pytest.mark.slow  # one whole (two-step) fine-tuning run with two index refreshes
+@pytest.mark.timeout(900)
+def test_a_trial_that_refreshes_its_index_gets_a_group_of_its_own(ray_cluster, corpus_file, flat_index, tiny_qa,
+                                                                   tmp_path):
+    from pipeline.index.manifest import read_manifest
+    from pipeline.index.versions import list_versions
+    from pipeline.retrieval.group import stop_retrieval_group
+    from pipeline.retrieval.rollout import served_version
+    from pipeline.tune.sweep import run_tune
+
+    group = f"tune-refresh-{uuid.uuid4().hex[:6]}"
+    tune_dir = tmp_path / "tune"
+    cfg = _sweep_config(corpus_file, flat_index, tiny_qa, tune_dir, group)
+    cfg.tune.search_space = {"refresh.every_steps": {"choice": [1]}, "train.context_encoder_lr": {"choice": [1e-4]}}
+    for key, value in {"tune.num_samples": 1, "model.train_context_encoder": True,
+                       "refresh.blocking": True, "refresh.embed_num_cpus": 0.25}.items():
+        set_key(cfg, key, value)
+    watcher = GroupWatcher()
+    watcher.start()
+    try:
+        result = run_tune(cfg)
+        watcher.stop.set()
+        watcher.join()
+        trial = result.trials[0]
+        assert trial["status"] == "terminated" and trial["metrics"]["refreshes"] == 2
+        own = f"{group}.{trial['trial_id']}"
+        assert any(own in sample for sample in watcher.samples)  # the trial's own group served it...
+        assert own not in watcher.groups()  # ...and was stopped with the trial
+        # The shared group still serves the shared index; the trial's versions went to its own location.
+        assert served_version(group, TEST_NAMESPACE).directory == (flat_index / "v0001").resolve()
+        assert list_versions(flat_index) == ["v0001"]
+        location = tune_dir / "trials" / trial["trial_id"] / "index"
+        assert read_manifest(location).fingerprint["trained_at_step"] == 2
     finally:
         watcher.stop.set()
         stop_retrieval_group(group, TEST_NAMESPACE)

@@ -1,21 +1,20 @@
-"""BUILD: documents file -> passages (<= N words) -> embeddings (Ray Data actor pool) -> index directory.
+"""BUILD: documents file -> passages (<= N words) -> embeddings (Ray Data actor pool) -> a new index version.
 
-The build writes into a temporary sibling directory and renames it into place
-only when complete, so a failed or interrupted build never leaves anything that
-`read_manifest` accepts.
+A build writes a new version into the index location (pipeline/index/versions.py): into a hidden directory,
+renamed to the next vNNNN and made CURRENT only when complete, so a failed or interrupted build never leaves
+anything that `read_manifest` accepts, and a retrieval group serving an older version keeps its files. The
+refresh during training (pipeline/index/refresh.py) goes through the same `embed_passages`,
+`write_passages_and_vectors` and `build_shards`.
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-import uuid
 from pathlib import Path
 
 import faiss
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 import ray.data
 
 from pipeline.config import IndexConfig, KnowledgeBaseConfig, check_section
@@ -26,14 +25,18 @@ from pipeline.errors import (
     unwrap_pipeline_error,
 )
 from pipeline.index.manifest import (
-    PASSAGES,
+    MANIFEST,
     VECTORS,
     IndexManifest,
+    PassagesWriter,
     even_shard_offsets,
     open_vectors,
     shard_file,
 )
-from pipeline.model.encoders import PassageEmbedder, resolve_encoder
+from pipeline.index.recall import measure_recall
+from pipeline.index.versions import begin_version, discard_building, is_location, publish_version, resolve_version
+from pipeline.model.encoders import PassageEmbedder, load_encoder, resolve_encoder, weights_sha256
+from pipeline.progress import Progress
 from pipeline.table_files import iter_checked_rows, read_dataset, require_text
 
 _ADD_CHUNK = 65_536
@@ -75,22 +78,35 @@ def check_factory(factory: str, dimension: int = 8) -> None:
         raise ConfigError(f"index.factory: FAISS does not accept {factory!r} ({reason})") from None
 
 
-def _write_passages_and_vectors(ds, tmp: Path, log_every_s: float = 10.0) -> tuple[int, int, float]:
-    """Stream embedded batches into passages.parquet and vectors.f32; returns (count, dimension, seconds)."""
-    schema = pa.schema([("id", pa.int64()), ("title", pa.string()), ("text", pa.string())])
-    count, dimension, started, last_log = 0, None, time.perf_counter(), time.perf_counter()
-    with pq.ParquetWriter(tmp / PASSAGES, schema) as writer, open(tmp / VECTORS, "wb") as vectors_out:
+def embed_passages(ds, encoder: str, pooling: str, max_length: int, batch_size: int, concurrency: int,
+                   num_cpus: float, num_gpus: float):
+    """`ds` of {title, text} -> the same rows with float32 `vector`, embedded by a pool of PassageEmbedder actors."""
+    return ds.map_batches(
+        PassageEmbedder,
+        fn_constructor_kwargs={"encoder": encoder, "pooling": pooling, "max_length": max_length,
+                               "use_gpu": num_gpus > 0, "num_threads": max(1, int(num_cpus))},
+        batch_size=batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=concurrency),
+        num_cpus=num_cpus, num_gpus=num_gpus,
+    )
+
+
+def write_passages_and_vectors(ds, directory: Path, progress_label: str | None = "build_index",
+                               total: int | None = None, log_every_s: float = 10.0) -> tuple[int, int, float]:
+    """Stream embedded batches into passages.arrow and vectors.f32; returns (count, dimension, seconds).
+
+    Progress lines under `progress_label` (None: silent); `total` passages when known (a refresh knows it, a
+    build learns it only at the end)."""
+    count, dimension, started = 0, None, time.perf_counter()
+    progress = Progress(progress_label, total, "passages", every_s=log_every_s) if progress_label else None
+    with PassagesWriter(directory) as passages, open(directory / VECTORS, "wb") as vectors_out:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
             dimension = dimension or vectors.shape[1]
-            ids = np.arange(count, count + len(vectors), dtype=np.int64)
-            writer.write_table(pa.table(
-                {"id": ids, "title": list(batch["title"]), "text": list(batch["text"])}, schema=schema))
+            passages.add(list(batch["title"]), list(batch["text"]))
             vectors_out.write(vectors.tobytes())
             count += len(vectors)
-            if time.perf_counter() - last_log > log_every_s:
-                last_log = time.perf_counter()
-                print(f"[build_index] embedded {count} passages ({count / (last_log - started):.0f}/s)", flush=True)
+            if progress:
+                progress.update(len(vectors))
     if count == 0:
         raise DataError("the documents produced no passages")
     return count, dimension, time.perf_counter() - started
@@ -114,31 +130,52 @@ def _build_shard(vectors: np.ndarray, factory: str, train_sample: int, seed: int
 
 
 def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
-    """Build `cfg.directory` from `kb.documents`; prints progress and timings. Needs a connected Ray."""
-    out = Path(cfg.directory)
+    """Build a new version of the index location `cfg.directory` from `kb.documents` and make it CURRENT.
+
+    Prints progress and timings. Needs a connected Ray. With `cfg.overwrite` on a location that already holds
+    versions, the new one is added beside them and versions no retrieval group holds are then removed.
+    """
+    location = Path(cfg.directory)
     check_section(kb, "knowledge_base")
     check_section(cfg, "index")
     check_factory(cfg.factory)
-    if out.exists() and not cfg.overwrite:
-        raise IndexFormatError(f"{out}: already exists; pass --index.overwrite true to replace it")
+    _check_build_target(location, cfg.overwrite)
     documents = check_documents(kb)
     print(f"[build_index] {kb.documents}: {documents} documents", flush=True)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.building-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    created = not location.exists()
+    building = begin_version(location)
     try:
-        manifest = _build_into(tmp, kb, cfg)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            shutil.rmtree(trash)
-        tmp.rename(out)
+        manifest = _build_into(building, kb, cfg)
+        version = publish_version(location, building)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        discard_building(building)
+        if created:
+            shutil.rmtree(location, ignore_errors=True)
         raise
-    print(f"[build_index] wrote {out}", flush=True)
+    from pipeline.retrieval.rollout import prune_unused_versions
+
+    removed = prune_unused_versions(location)
+    print(f"[build_index] wrote {version.directory} (CURRENT)"
+          + (f"; removed unserved versions {', '.join(removed)}" if removed else ""), flush=True)
     return manifest
+
+
+def _check_build_target(location: Path, overwrite: bool) -> None:
+    """IndexFormatError unless `location` is absent, empty, or (with overwrite) an index location."""
+    if not location.exists():
+        return
+    if is_location(location):
+        if not overwrite:
+            raise IndexFormatError(
+                f"{location}: already holds index version {resolve_version(location).name} (CURRENT); pass "
+                f"--index.overwrite true to build a new version beside it")
+        return
+    if (location / MANIFEST).is_file():
+        raise IndexFormatError(f"{location}: is an index version directory, not a location; build into a new "
+                               f"--index.directory (versions are kept side by side there)")
+    if not location.is_dir() or any(location.iterdir()):
+        raise IndexFormatError(f"{location}: exists and is not an index location (no CURRENT); refusing to write "
+                               f"into it: choose an empty or new --index.directory")
 
 
 def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
@@ -146,15 +183,10 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexMa
     ds = read_dataset(kb.documents, [kb.title_column, kb.text_column])
     ds = ds.rename_columns({kb.title_column: "title", kb.text_column: "text"})
     ds = ds.map_batches(_split_batch, fn_kwargs={"max_words": kb.passage_words}, batch_format="numpy")
-    ds = ds.map_batches(
-        PassageEmbedder,
-        fn_constructor_kwargs={"encoder": encoder, "pooling": cfg.pooling, "max_length": cfg.max_length,
-                               "use_gpu": cfg.embed_num_gpus > 0, "num_threads": max(1, int(cfg.embed_num_cpus))},
-        batch_size=cfg.embed_batch_size, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=cfg.embed_concurrency),
-        num_cpus=cfg.embed_num_cpus, num_gpus=cfg.embed_num_gpus,
-    )
+    ds = embed_passages(ds, encoder, cfg.pooling, cfg.max_length, cfg.embed_batch_size, cfg.embed_concurrency,
+                        cfg.embed_num_cpus, cfg.embed_num_gpus)
     try:
-        count, dimension, embed_s = _write_passages_and_vectors(ds, tmp)
+        count, dimension, embed_s = write_passages_and_vectors(ds, tmp)
     except Exception as e:
         raise unwrap_pipeline_error(e)
     print(f"[build_index] embedded {count} passages in {embed_s:.1f}s ({count / embed_s:.0f} passages/s)", flush=True)
@@ -165,14 +197,28 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexMa
         encoder=encoder, pooling=cfg.pooling, max_length=cfg.max_length, dimension=dimension,
         metric="inner_product", count=count, factory=cfg.factory,
         shard_offsets=even_shard_offsets(count, cfg.shards),
+        fingerprint={"encoder": encoder, "weights_sha256": weights_sha256(load_encoder(encoder)[1]), "count": count},
     )
-    vectors = open_vectors(tmp, manifest)
+    build_shards(tmp, manifest, cfg.train_sample, cfg.recall_queries)
+    return manifest
+
+
+def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, recall_queries: int,
+                 log=print) -> None:
+    """Write one FAISS index per shard of `manifest` over `directory`/vectors.f32, measure an approximate
+    index's recall@10 against exact search, then write the manifest (last: it marks the build complete)."""
+    vectors = open_vectors(directory, manifest)
     started = time.perf_counter()
     for shard in range(manifest.num_shards):
         start, end = manifest.shard_range(shard)
-        index = _build_shard(vectors[start:end], cfg.factory, cfg.train_sample)
-        faiss.write_index(index, str(tmp / shard_file(shard)))
-        print(f"[build_index] shard {shard}: {end - start} vectors, {cfg.factory}", flush=True)
-    print(f"[build_index] FAISS build {time.perf_counter() - started:.1f}s", flush=True)
-    manifest.write(tmp)
-    return manifest
+        index = _build_shard(vectors[start:end], manifest.factory, train_sample)
+        faiss.write_index(index, str(directory / shard_file(shard)))
+        log(f"[build_index] shard {shard}: {end - start} vectors, {manifest.factory}")
+    log(f"[build_index] FAISS build {time.perf_counter() - started:.1f}s")
+    indexes = [faiss.read_index(str(directory / shard_file(s)), faiss.IO_FLAG_MMAP_IFC)
+               for s in range(manifest.num_shards)]
+    manifest.recall_at_10_vs_exact = measure_recall(indexes, vectors, manifest.shard_offsets, recall_queries)
+    for row in manifest.recall_at_10_vs_exact:
+        setting = ", ".join(f"{key} {value}" for key, value in row.items() if key not in ("recall", "queries"))
+        log(f"[build_index] recall@10 vs exact with {setting}: {row['recall']:.3f}")
+    manifest.write(directory)

@@ -1,25 +1,33 @@
-"""The index directory contract, written once by `build_index` and read by every retrieval actor.
+"""The index version contract: one version directory of an index location (pipeline/index/versions.py),
+written once by `build_index` or a refresh and read by every retrieval actor.
 
     manifest.json          IndexManifest below (written last: its presence marks a complete build)
-    passages.parquet       id (int64, = row = FAISS id), title, text
+    passages.arrow         id (int64, = row = FAISS id), title, text: an uncompressed Arrow IPC file, so every
+                           actor on a node memory-maps the same pages instead of holding its own copy
     vectors.f32            exact passage vectors, raw float32 [count, dimension], memory-mappable
     shard_{s}.faiss        FAISS index over ids [offsets[s], offsets[s + 1])
+
+Format 1 kept the passages in passages.parquet (read into every actor's heap); it is refused with a request
+to rebuild rather than read two ways.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline.errors import IndexFormatError
+from pipeline.index.versions import is_location, resolve_version
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 MANIFEST = "manifest.json"
-PASSAGES = "passages.parquet"
+PASSAGES = "passages.arrow"
 VECTORS = "vectors.f32"
 
 
@@ -38,6 +46,13 @@ class IndexManifest:
     factory: str
     shard_offsets: list[int]
     format_version: int = FORMAT_VERSION
+    # Approximate indexes only: recall@10 of the served search path against exact search, measured at build
+    # time, one row per search setting tried: {"nprobe" or "ef_search": value, "recall": r, "queries": n}.
+    recall_at_10_vs_exact: list = dataclasses.field(default_factory=list)
+    # Which build this is: unique per build, and what it was built from ({"encoder", "weights_sha256", "count",
+    # and for a refresh "trained_at_step"}), so two versions are never mistaken for one another.
+    build_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
+    fingerprint: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_shards(self) -> int:
@@ -57,10 +72,11 @@ def even_shard_offsets(count: int, shards: int) -> list[int]:
 
 
 def read_manifest(directory: str | Path) -> IndexManifest:
-    """Read and check an index directory's manifest against its files; IndexFormatError says what differs."""
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise IndexFormatError(f"{directory}: index directory not found (build it with jobs/build_index.py)")
+    """Read and check an index version's manifest against its files; IndexFormatError says what differs.
+
+    `directory` is a version directory, or an index location (its CURRENT version is read).
+    """
+    directory = resolve_version(directory).directory
     path = directory / MANIFEST
     if not path.is_file():
         raise IndexFormatError(f"{path}: missing; {directory} is not a complete index directory")
@@ -70,7 +86,10 @@ def read_manifest(directory: str | Path) -> IndexManifest:
     except (json.JSONDecodeError, TypeError) as e:
         raise IndexFormatError(f"{path}: not a valid manifest ({e})") from None
     if manifest.format_version != FORMAT_VERSION:
-        raise IndexFormatError(f"{path}: format_version {manifest.format_version}, this code reads {FORMAT_VERSION}")
+        raise IndexFormatError(
+            f"{path}: format_version {manifest.format_version}, this code reads {FORMAT_VERSION}; rebuild the index "
+            f"into a new location (jobs/build_index.py --index.directory NEW_DIR)"
+        )
     offsets = manifest.shard_offsets
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != manifest.count or sorted(offsets) != offsets:
         raise IndexFormatError(f"{path}: shard_offsets {offsets} do not cover count {manifest.count}")
@@ -84,14 +103,81 @@ def read_manifest(directory: str | Path) -> IndexManifest:
             f"{directory / VECTORS}: {actual} bytes, manifest says {manifest.count} x {manifest.dimension} float32"
             f" = {expected} bytes"
         )
-    import pyarrow.parquet as pq
-
-    rows = pq.ParquetFile(directory / PASSAGES).metadata.num_rows
+    rows = count_passages(directory / PASSAGES)
     if rows != manifest.count:
         raise IndexFormatError(f"{directory / PASSAGES}: {rows} passages, manifest says {manifest.count}")
     return manifest
 
 
+PASSAGE_SCHEMA = pa.schema([("id", pa.int64()), ("title", pa.string()), ("text", pa.string())])
+
+
+class PassagesWriter:
+    """Streams passages into `directory`/passages.arrow with ids 0, 1, 2, ... in arrival order.
+
+    Rows are buffered into record batches of about `batch_rows`: few, large batches keep a lookup by row
+    cheap (each batch is one chunk to search), and a string column's 32-bit offsets cap a batch at 2 GiB of text.
+    """
+
+    def __init__(self, directory: str | Path, batch_rows: int = 65_536):
+        self._writer = pa.ipc.new_file(str(Path(directory) / PASSAGES), PASSAGE_SCHEMA)
+        self._titles: list[str] = []
+        self._texts: list[str] = []
+        self._batch_rows = batch_rows
+        self.count = 0
+
+    def add(self, titles: list[str], texts: list[str]) -> None:
+        self._titles.extend(titles)
+        self._texts.extend(texts)
+        if len(self._titles) >= self._batch_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._titles:
+            return
+        ids = pa.array(range(self.count, self.count + len(self._titles)), pa.int64())
+        self._writer.write_batch(pa.record_batch([ids, pa.array(self._titles, pa.string()),
+                                                  pa.array(self._texts, pa.string())], schema=PASSAGE_SCHEMA))
+        self.count += len(self._titles)
+        self._titles, self._texts = [], []
+
+    def close(self) -> int:
+        """Write the rest and the file footer; returns the number of passages written."""
+        self._flush()
+        self._writer.close()
+        return self.count
+
+    def __enter__(self) -> "PassagesWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def count_passages(path: Path) -> int:
+    """Rows of a passages.arrow file (reads only its footer and batch headers); IndexFormatError if unreadable."""
+    try:
+        with pa.memory_map(str(path)) as source:
+            reader = pa.ipc.open_file(source)
+            return sum(reader.get_batch(i).num_rows for i in range(reader.num_record_batches))
+    except pa.ArrowInvalid as e:
+        raise IndexFormatError(f"{path}: not an Arrow IPC file ({str(e).splitlines()[0][:120]})") from None
+
+
+def _version_directory(path: str | Path) -> Path:
+    """A location's CURRENT version directory; any other directory as it is (e.g. a version being written)."""
+    return resolve_version(path).directory if is_location(path) else Path(path)
+
+
+def open_passages(directory: str | Path) -> pa.Table:
+    """The passages table (id, title, text) memory-mapped, zero-copy: replicas on one node share its pages.
+    `directory`: a version directory, or a location (its CURRENT version)."""
+    path = _version_directory(directory) / PASSAGES
+    return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
+
+
 def open_vectors(directory: str | Path, manifest: IndexManifest) -> np.ndarray:
-    """The exact vectors, memory-mapped read-only: replicas on one node share these pages."""
-    return np.memmap(Path(directory) / VECTORS, dtype=np.float32, mode="r", shape=(manifest.count, manifest.dimension))
+    """The exact vectors, memory-mapped read-only: replicas on one node share these pages.
+    `directory`: a version directory, or a location (its CURRENT version)."""
+    return np.memmap(_version_directory(directory) / VECTORS, dtype=np.float32, mode="r",
+                     shape=(manifest.count, manifest.dimension))

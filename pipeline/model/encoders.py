@@ -94,3 +94,14 @@ class PassageEmbedder:
 def passage_text(title: str, text: str) -> str:
     """How a passage is shown to the context encoder (title first, as DPR does)."""
     return f"{title}. {text}" if title else text
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A fingerprint of a model's weights: sha256 over its state dict (names, shapes, bytes) in name order."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        digest.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()

@@ -41,6 +41,7 @@ class RagWithRetrieval(nn.Module):
         self.parts, self.retriever, self.cfg = parts, retriever, cfg
         self.passage_max_length, self.rerank_depth = passage_max_length, rerank_depth
         self.retrieval_seconds: list[float] = []
+        self.failed_calls = 0
         # The ablation's random passages come from random query directions, drawn per process.
         self._random = np.random.default_rng(seed)
 
@@ -69,7 +70,11 @@ class RagWithRetrieval(nn.Module):
         if self.cfg.random_passages:
             queries = self._random.standard_normal(queries.shape).astype(np.float32)
         started = time.perf_counter()
-        result = self.retriever.retrieve(queries, max(self.cfg.n_docs, self.rerank_depth))
+        try:
+            result = self.retriever.retrieve(queries, max(self.cfg.n_docs, self.rerank_depth))
+        except Exception:
+            self.failed_calls += 1  # counted for the run's report, then raised: a step never trains without passages
+            raise
         self.retrieval_seconds.append(time.perf_counter() - started)
         return result
 

@@ -5,6 +5,11 @@ random one), so concurrent trainers spread over replicas instead of all
 queueing on replica 0. A replica that fails or times out is skipped for the
 next one of the same shard; only when every replica of a shard fails does the
 call raise, after at most replicas x timeout seconds.
+
+Every call names one index version, so all its shards answer from the same one. The client follows the
+group: it looks at the group record (which version the group serves) at most every `version_check_s`
+between calls, and when a replica no longer holds the version asked for (dropped after a roll-forward) it
+moves to the served version and asks again; that call is then answered wholly by the new version.
 """
 
 from __future__ import annotations
@@ -17,8 +22,17 @@ import numpy as np
 import ray
 
 from pipeline.errors import RetrievalError, unwrap_pipeline_error
-from pipeline.retrieval.group import list_members
+from pipeline.retrieval.group import VersionUnavailable, list_members
 from pipeline.retrieval.result import RetrievalResult, merge_results
+
+_VERSION_ATTEMPTS = 20
+
+
+def _cause(error: ray.exceptions.RayTaskError) -> BaseException:
+    """The exception an actor raised: VersionUnavailable as itself (the client handles it), else unwrapped."""
+    cause = getattr(error, "cause", None)
+    return cause if isinstance(cause, VersionUnavailable) else unwrap_pipeline_error(error)
+
 
 _FAILOVER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError)
 
@@ -26,7 +40,8 @@ _FAILOVER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailabl
 class RetrievalClient:
     """Connects by name to a running retrieval group; `retrieve` follows the DESIGN.md call contract."""
 
-    def __init__(self, group: str, namespace: str, timeout_s: float = 60.0, offset: int | None = None):
+    def __init__(self, group: str, namespace: str, timeout_s: float = 60.0, offset: int | None = None,
+                 version_check_s: float = 1.0):
         members = list_members(group, namespace)
         if not members:
             raise RetrievalError(
@@ -41,11 +56,14 @@ class RetrievalClient:
         if missing:
             raise RetrievalError(f"retrieval group {group!r}: no actor for shard {missing[0]}")
         self.replicas = [by_shard[s] for s in range(self.num_shards)]
-        self.group, self.timeout_s = group, timeout_s
+        self.group, self.namespace, self.timeout_s = group, namespace, timeout_s
+        self.version_check_s = version_check_s
         self._turn = random.randrange(1 << 16) if offset is None else offset
         info = self._call_shard(0, lambda h: h.describe.remote())
         self.dimension, self.count = info["dimension"], info["count"]
+        self.version, self._version_checked = info["index_dir"], time.monotonic()
         self.last_call_s = 0.0
+        self.version_changes = 0  # how often calls moved to a newer version
 
     def retrieve(self, vectors: np.ndarray, k: int) -> RetrievalResult:
         """Top-k passages for float32[B, d] question vectors, merged over all shards."""
@@ -57,20 +75,48 @@ class RetrievalClient:
         if not 1 <= k <= self.count:
             raise RetrievalError(f"k={k} but group {self.group!r} holds {self.count} passages")
         started = time.perf_counter()
+        self._follow_group(force=False)
         # One put shared by all shards: the array crosses into the object store once, not once per shard.
         ref = ray.put(vectors) if self.num_shards > 1 else vectors
-        pending = {s: self._submit(s, self._choose(s), ref, k) for s in range(self.num_shards)}
-        parts = [self._finish(s, pending[s], ref, k) for s in range(self.num_shards)]
+        for attempt in range(_VERSION_ATTEMPTS):
+            version = self.version
+            pending = {s: self._submit(s, self._choose(s), ref, k) for s in range(self.num_shards)}
+            try:
+                parts = [self._finish(s, pending[s], ref, k) for s in range(self.num_shards)]
+                break
+            except VersionUnavailable:
+                # The version asked for is gone from a replica: move to the one the group serves now and ask
+                # again; a replica still loading it (restarted mid roll-forward) gets a moment.
+                if not self._follow_group(force=True) or self.version == version:
+                    time.sleep(0.05 * (attempt + 1))
+        else:
+            raise RetrievalError(f"retrieval group {self.group!r}: no consistent index version after "
+                                 f"{_VERSION_ATTEMPTS} attempts (serving {self.version})")
         self._turn += 1
         result = merge_results(parts, k)
         self.last_call_s = time.perf_counter() - started
         return result
 
+    def _follow_group(self, force: bool) -> bool:
+        """Take the version the group record names (at most every version_check_s unless `force`); returns
+        whether the version changed."""
+        from pipeline.retrieval.rollout import read_group_record
+
+        if not force and time.monotonic() - self._version_checked < self.version_check_s:
+            return False
+        self._version_checked = time.monotonic()
+        record = read_group_record(self.group, self.namespace)
+        if not record or record["active"] == self.version:
+            return False
+        self.version = record["active"]
+        self.version_changes += 1
+        return True
+
     def _choose(self, shard: int) -> int:
         return (self._turn + shard) % len(self.replicas[shard])
 
     def _submit(self, shard: int, replica: int, ref, k: int):
-        return replica, self.replicas[shard][replica].search.remote(ref, k)
+        return replica, self.replicas[shard][replica].search.remote(ref, k, self.version)
 
     def _finish(self, shard: int, attempt, ref, k: int) -> RetrievalResult:
         replica, future = attempt
@@ -83,9 +129,9 @@ class RetrievalClient:
                 errors.append(f"replica {replica}: {type(e).__name__}")
                 if tried + 1 < len(replicas):
                     replica = (replica + 1) % len(replicas)
-                    future = replicas[replica].search.remote(ref, k)
+                    future = replicas[replica].search.remote(ref, k, self.version)
             except ray.exceptions.RayTaskError as e:
-                raise unwrap_pipeline_error(e) from None
+                raise _cause(e) from None
         raise RetrievalError(
             f"retrieval group {self.group!r}: every replica of shard {shard} failed ({'; '.join(errors)})"
         )
@@ -97,4 +143,6 @@ class RetrievalClient:
                 return ray.get(call(self.replicas[shard][replica]), timeout=self.timeout_s)
             except _FAILOVER_ERRORS as e:
                 errors.append(f"replica {replica}: {type(e).__name__}")
-        raise RetrievalError(f"retrieval group {self.group!r}: no replica of shard {shard} answers ({'; '.join(errors)})")
+        raise RetrievalError(
+            f"retrieval group {self.group!r}: no replica of shard {shard} answers ({'; '.join(errors)})"
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pipeline.config import RetrievalConfig
 from pipeline.errors import ConfigError
+from pipeline.retrieval.search import SearchParams
 
 MODES = ("ray", "torch", "local")
 
@@ -21,15 +22,16 @@ def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int):
         from pipeline.retrieval.client import RetrievalClient
 
         # offset=rank: concurrent trainers start on different replicas instead of all on replica 0.
-        return RetrievalClient(cfg.group, cfg.namespace, timeout_s=cfg.call_timeout_s, offset=rank)
+        return RetrievalClient(cfg.group, cfg.namespace, timeout_s=cfg.call_timeout_s, offset=rank,
+                               version_check_s=cfg.version_check_s)
     if mode == "torch":
         from pipeline.retrieval.torch_distributed import TorchDistributedRetriever
 
-        return TorchDistributedRetriever(index_dir, faiss_threads=cfg.faiss_threads)
+        return TorchDistributedRetriever(index_dir, cfg.faiss_threads, params=SearchParams.from_config(cfg))
     if mode == "local":
         from pipeline.retrieval.local import LocalRetriever
 
-        return LocalRetriever(index_dir, faiss_threads=cfg.faiss_threads)
+        return LocalRetriever(index_dir, faiss_threads=cfg.faiss_threads, params=SearchParams.from_config(cfg))
     raise ConfigError(f"retrieval.mode: {mode!r} is not one of {', '.join(MODES)}")
 
 

@@ -9,15 +9,16 @@ import numpy as np
 from pipeline.errors import RetrievalError
 from pipeline.index.manifest import read_manifest
 from pipeline.retrieval.result import RetrievalResult, merge_results
+from pipeline.retrieval.search import SearchParams
 from pipeline.retrieval.shard import ShardSearcher
 
 
 class LocalRetriever:
     """Same call contract as RetrievalClient, without Ray."""
 
-    def __init__(self, index_dir: str | Path, faiss_threads: int = 1):
+    def __init__(self, index_dir: str | Path, faiss_threads: int = 1, params: SearchParams = SearchParams()):
         manifest = read_manifest(index_dir)
-        self.shards = [ShardSearcher(index_dir, s, faiss_threads) for s in range(manifest.num_shards)]
+        self.shards = [ShardSearcher(index_dir, s, faiss_threads, params) for s in range(manifest.num_shards)]
         self.dimension, self.count = manifest.dimension, manifest.count
         self.last_call_s = 0.0
 

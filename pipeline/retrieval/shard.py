@@ -6,18 +6,21 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import pyarrow.parquet as pq
 
 from pipeline.errors import IndexFormatError, RetrievalError
-from pipeline.index.manifest import PASSAGES, open_vectors, read_manifest, shard_file
+from pipeline.index.manifest import open_passages, open_vectors, read_manifest, shard_file
+from pipeline.index.versions import resolve_version
 from pipeline.retrieval.result import RetrievalResult
+from pipeline.retrieval.search import SearchParams, effective_settings, search_shard
 
 
 class ShardSearcher:
-    """Holds shard `shard` of `index_dir`: its FAISS index, its passages, and a map of the exact vectors."""
+    """Holds shard `shard` of `index_dir`: its FAISS index, and memory maps of its passages and exact vectors."""
 
-    def __init__(self, index_dir: str | Path, shard: int, faiss_threads: int = 1):
-        self.index_dir = Path(index_dir)
+    def __init__(self, index_dir: str | Path, shard: int, faiss_threads: int = 1,
+                 params: SearchParams = SearchParams()):
+        # A location serves its CURRENT version; this searcher keeps serving that version's files.
+        self.index_dir = resolve_version(index_dir).directory
         self.manifest = read_manifest(self.index_dir)
         if not 0 <= shard < self.manifest.num_shards:
             raise IndexFormatError(f"{self.index_dir}: no shard {shard} (manifest has {self.manifest.num_shards})")
@@ -25,39 +28,73 @@ class ShardSearcher:
         self.start, self.end = self.manifest.shard_range(shard)
         # FAISS's default (all cores per search) makes actors sharing a node fight over the cores.
         self.faiss_threads = faiss_threads
-        # Memory-map the index codes and the exact vectors so replicas on one node share the page cache.
+        self.params = params
+        # Memory-map the index codes, the exact vectors and the passages, so replicas on one node share pages.
         self.index = faiss.read_index(str(self.index_dir / shard_file(shard)), faiss.IO_FLAG_MMAP_IFC)
         if self.index.ntotal != self.end - self.start or self.index.d != self.manifest.dimension:
             raise IndexFormatError(
                 f"{self.index_dir / shard_file(shard)}: {self.index.ntotal} vectors of dimension {self.index.d}, "
                 f"manifest says {self.end - self.start} of dimension {self.manifest.dimension}"
             )
-        self.vectors = open_vectors(self.index_dir, self.manifest)
-        table = pq.read_table(self.index_dir / PASSAGES, columns=["title", "text"])
-        self.titles = table.column("title").slice(self.start, self.end - self.start).combine_chunks()
-        self.texts = table.column("text").slice(self.start, self.end - self.start).combine_chunks()
+        self.vectors = open_vectors(self.index_dir, self.manifest)[self.start:self.end]
+        passages = open_passages(self.index_dir).slice(self.start, self.end - self.start)
+        self.titles, self.texts = RowLookup(passages.column("title")), RowLookup(passages.column("text"))
+        self.fallback_rows = 0
 
-    def search(self, queries: np.ndarray, k: int) -> RetrievalResult:
-        """Top-min(k, shard size) passages of this shard for float32[B, d] queries (global ids)."""
-        # OpenMP thread counts belong to the calling thread, and threaded actors search on Ray's pool
-        # threads, not the one that built this searcher: set it where the search runs.
-        faiss.omp_set_num_threads(self.faiss_threads)
+    def check_queries(self, queries) -> np.ndarray:
+        """`queries` as C-contiguous float32[B, d]; RetrievalError naming the shapes when they do not fit."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim != 2 or queries.shape[1] != self.manifest.dimension:
             raise RetrievalError(
-                f"query vectors have shape {queries.shape}, index {self.index_dir} expects [B, {self.manifest.dimension}]"
+                f"query vectors have shape {queries.shape}, "
+                f"index {self.index_dir} expects [B, {self.manifest.dimension}]"
             )
-        k = min(k, self.end - self.start)
-        scores, local = self.index.search(queries, k)
-        local = np.maximum(local, 0)  # HNSW/IVF may return -1 when they find fewer than k; keep shapes fixed
-        flat = local.ravel()
+        return queries
+
+    def search(self, queries: np.ndarray, k: int) -> RetrievalResult:
+        """Top-min(k, shard size) passages of this shard for float32[B, d] queries (global ids, best first)."""
+        # OpenMP thread counts belong to the calling thread, and actors search on threads other than the one
+        # that built this searcher: set it where the search runs.
+        faiss.omp_set_num_threads(self.faiss_threads)
+        queries = self.check_queries(queries)
+        if k < 1:
+            raise RetrievalError(f"k={k}; at least 1 passage per question")
+        hits = search_shard(self.index, self.vectors, self.start, queries, k, self.params)
+        self.fallback_rows += hits.fallback_rows
+        rows = (hits.ids - self.start).ravel()
+        width = hits.ids.shape[1]
         return RetrievalResult(
-            ids=local + self.start,
-            scores=scores.astype(np.float32, copy=False),
-            vectors=np.asarray(self.vectors[local + self.start], dtype=np.float32),
-            titles=_rows(self.titles.take(flat).to_pylist(), k),
-            texts=_rows(self.texts.take(flat).to_pylist(), k),
+            ids=hits.ids, scores=hits.scores, vectors=hits.vectors,
+            titles=_rows(self.titles.values(rows), width),
+            texts=_rows(self.texts.values(rows), width), version=str(self.index_dir),
         )
+
+    def settings(self) -> dict:
+        """The search as served: threads, and nprobe / ef_search / rerank_factor for approximate indexes."""
+        return {"faiss_threads": self.faiss_threads, **effective_settings(self.index, self.params)}
+
+
+class RowLookup:
+    """Values of a memory-mapped ChunkedArray by row number, costing O(rows asked), not O(column length).
+
+    `ChunkedArray.take` costs time proportional to the whole column (ms per call at a million passages);
+    here each row is sent to its own chunk and only the asked rows are read.
+    """
+
+    def __init__(self, column):
+        self.chunks = column.chunks
+        self.starts = np.cumsum([0] + [len(c) for c in self.chunks])
+
+    def values(self, rows: np.ndarray) -> list:
+        """Python values of `rows` (int[n], in order)."""
+        chunk_of = np.searchsorted(self.starts, rows, side="right") - 1
+        out = [None] * len(rows)
+        for chunk in np.unique(chunk_of):
+            where = np.flatnonzero(chunk_of == chunk)
+            picked = self.chunks[chunk].take(rows[where] - self.starts[chunk]).to_pylist()
+            for position, value in zip(where, picked):
+                out[position] = value
+        return out
 
 
 def _rows(values: list, k: int) -> list[list]:

@@ -30,19 +30,21 @@ import torch.distributed as dist
 from pipeline.errors import RetrievalError
 from pipeline.retrieval.local import LocalRetriever
 from pipeline.retrieval.result import RetrievalResult
+from pipeline.retrieval.search import SearchParams
 
 
 class TorchDistributedRetriever:
     """Same call contract as RetrievalClient; construct on every rank of an initialised process group."""
 
-    def __init__(self, index_dir: str | Path, faiss_threads: int = 1, src: int = 0):
+    def __init__(self, index_dir: str | Path, faiss_threads: int = 1, src: int = 0,
+                 params: SearchParams = SearchParams()):
         if not dist.is_available() or not dist.is_initialized():
             raise RetrievalError("retrieval.mode 'torch' needs an initialised torch.distributed process group")
         # Collective: every rank creates the sub-group, even when only some would need it.
         self.group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
         self.rank, self.world = dist.get_rank(), dist.get_world_size()
         self.src = src
-        self.local = LocalRetriever(index_dir, faiss_threads) if self.rank == src else None
+        self.local = LocalRetriever(index_dir, faiss_threads, params) if self.rank == src else None
         shape = torch.tensor([self.local.dimension, self.local.count] if self.local else [0, 0], dtype=torch.int64)
         dist.broadcast(shape, src=src, group=self.group)
         self.dimension, self.count = int(shape[0]), int(shape[1])
@@ -100,9 +102,7 @@ class TorchDistributedRetriever:
                                      np.zeros((0, k, self.dimension), np.float32), [], [])
         parts, start = [], 0
         for rank, n in enumerate(sizes):
-            rows = slice(start, start + n)
-            part = RetrievalResult(result.ids[rows], result.scores[rows], result.vectors[rows],
-                                   result.titles[rows], result.texts[rows])
+            part = result.rows(start, start + n)
             # One pickle per rank makes the five fields one scatter; rank src keeps its part unpickled.
             parts.append(part if rank == self.src else pickle.dumps(part, protocol=5))
             start += n

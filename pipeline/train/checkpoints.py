@@ -37,6 +37,7 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # optimizer steps taken
     loss_curve: list = field(default_factory=list)  # [step, mean training loss since the previous point]
+    refresh: dict = field(default_factory=dict)  # the index refresh's counters (pipeline/train/refresh_schedule.py)
 
 
 @dataclass

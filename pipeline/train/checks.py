@@ -33,9 +33,14 @@ def check_run_config(cfg: RunConfig) -> None:
 
 
 def check_model_fits_index(cfg: RunConfig, manifest: IndexManifest) -> None:
-    """ModelLoadError if a model or tokenizer is missing, or an encoder's width differs from the index's."""
+    """ConfigError if the index holds fewer passages than a question asks for; ModelLoadError if a model or
+    tokenizer is missing, or an encoder's width differs from the index's."""
     from transformers import AutoConfig, AutoTokenizer
 
+    depth = max(cfg.model.n_docs, cfg.retrieval.rerank_depth)
+    if depth > manifest.count:
+        raise ConfigError(f"model.n_docs: {depth} passages per question (or retrieval.rerank_depth), but index "
+                          f"{Path(cfg.index.directory)} holds {manifest.count}")
     roles = [("model.question_encoder", cfg.model.question_encoder), ("model.generator", cfg.model.generator)]
     if cfg.model.train_context_encoder:
         roles.append(("model.context_encoder", cfg.model.context_encoder))

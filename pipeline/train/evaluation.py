@@ -64,12 +64,19 @@ def gather_rows(rows: list[dict], world: int) -> list[dict]:
     return [row for part in gathered for row in part]
 
 
-def evaluate_model(model_dir: str, examples: list[QAExample], retriever, cfg, batch_size: int = 32) -> tuple[dict, list[dict]]:
-    """Load a saved RAG model (HF format) and score it on `examples` in this process: (metrics, rows)."""
+def evaluate_model(model_dir: str, examples: list[QAExample], retriever, config,
+                   batch_size: int = 32) -> tuple[dict, list[dict]]:
+    """Load a saved RAG model (HF format) and score it on `examples` in this process: (metrics, rows).
+
+    `config` is the run's RunConfig: its model section, and for a model with a trained context encoder the
+    rerank depth and the index's passage length (passages are re-encoded as training encoded them)."""
+    from pipeline.index.manifest import read_manifest
     from pipeline.model.rag import load_rag_model
     from pipeline.model.rag_with_retrieval import RagWithRetrieval
 
-    rag = RagWithRetrieval(load_rag_model(model_dir), retriever, cfg)
+    rag = RagWithRetrieval(load_rag_model(model_dir), retriever, config.model,
+                           passage_max_length=read_manifest(config.index.directory).max_length,
+                           rerank_depth=config.retrieval.rerank_depth)
     rows = predict(rag, examples, batch_size)
     return summarize_rows(rows), rows
 

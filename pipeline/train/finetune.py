@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.config import RunConfig, TrainConfig
+from pipeline.output import train_logging_config
 from pipeline.progress import say
 from pipeline.train import checkpoints
 from pipeline.train.loop import train_loop_per_worker
@@ -69,16 +70,13 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
 
     Fills in cfg what the index decides (encoder, pooling, passage length), so workers read it from the config.
     """
-    from pipeline.demo.defaults import fill_demo_defaults
     from pipeline.index.build import build_index
     from pipeline.index.manifest import read_manifest
-    from pipeline.train.checks import check_model_fits_index, check_run_config
-    from pipeline.train.qa_data import QATokenizer, check_qa_file, read_qa_dataset
+    from pipeline.train.checks import check_model_fits_index
+    from pipeline.train.qa_data import QATokenizer, check_training_inputs, read_qa_dataset
 
-    fill_demo_defaults(cfg)
-    check_run_config(cfg)
+    reports = check_training_inputs(cfg)  # demo defaults, option checks, every train/dev row (cached per file)
     _make_paths_absolute(cfg)
-    reports = {split: check_qa_file(getattr(cfg.data, split), cfg.data) for split in ("train", "dev")}
     for split, report in reports.items():
         say(f"[finetune] {split}: {report.path}, {report.valid} examples"
             + (f", {report.skipped} invalid rows skipped" if report.skipped else ""))
@@ -148,6 +146,7 @@ def make_trainer(cfg: RunConfig, prepared: PreparedRun, callbacks=()):
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=t.best_metric,
                                                checkpoint_score_order=t.best_mode),
             callbacks=list(callbacks),
+            logging_config=train_logging_config(),  # Ray Train's INFO lines only with --verbose
         ),
         datasets={"train": prepared.train_dataset},
     )
@@ -170,6 +169,8 @@ def _make_paths_absolute(cfg: RunConfig) -> None:
     """Workers run in another directory than the driver: local paths must not be relative."""
     cfg.index.directory = str(Path(cfg.index.directory).resolve())
     cfg.train.output_dir = str(Path(cfg.train.output_dir).resolve())
+    if cfg.refresh.location:
+        cfg.refresh.location = str(Path(cfg.refresh.location).resolve())
     for section, key in (("data", "train"), ("data", "dev"), ("data", "test"), ("model", "generator"),
                          ("model", "question_encoder"), ("model", "context_encoder"),
                          ("knowledge_base", "documents")):

@@ -59,7 +59,7 @@ class WorkerRun:
 
     def close(self) -> None:
         if self.refresh is not None:
-            self.refresh.close()
+            self.refresh.close(self.state.step)
 
 
 def set_up(cfg: RunConfig, steps_per_epoch: int) -> WorkerRun:
@@ -147,6 +147,8 @@ def train_one_epoch(run: WorkerRun, epoch: int) -> tuple[list[float], float]:
         if run.done():
             break
     train_s = progress.finish(loss=float(np.mean(losses)) if losses else float("nan")) if progress else 0.0
+    if run.refresh is not None and run.done():
+        run.refresh.finish(run.state.step)  # training is over: let the last refresh land before the evaluation
     return losses, train_s
 
 
@@ -174,6 +176,9 @@ def evaluate(run: WorkerRun, epoch: int, losses: list[float], train_s: float) ->
     metrics = {"epoch": epoch + 1, "step": run.state.step, "resumed_at_step": run.resumed_at_step,
                "train_loss": float(np.mean(losses)) if losses else float("nan"), "epoch_s": round(train_s, 2),
                **summarize_rows(rows, prefix="dev_")}
+    # Summed over ranks: a call that failed on any worker counts (a failure that ended an attempt shows as a
+    # restore instead: resumed_at_step).
+    metrics["retrieval_failed_calls"] = int(sum(gather_rows([run.rag.failed_calls], run.world)))
     if t.profile and retrieval_calls:
         metrics["retrieval_s_per_call"] = float(np.mean(retrieval_calls))
         metrics["retrieval_share_of_epoch"] = float(np.sum(retrieval_calls) / max(train_s, 1e-9))
@@ -211,7 +216,8 @@ class TrainingBatch(NumpyBatchCollateFn):
         self.device = device
 
     def __call__(self, batch: dict) -> dict:
-        out = {name: torch.as_tensor(batch[name], dtype=torch.long).to(self.device)
+        # torch.tensor copies: Ray Data hands out read-only arrays, which torch will not wrap.
+        out = {name: torch.tensor(batch[name], dtype=torch.long, device=self.device)
                for name in ("question_ids", "question_mask", "labels")}
         out["question"] = [str(q) for q in batch["question"]]
         return out

@@ -26,13 +26,14 @@ from pipeline.errors import ConfigError
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 
 # What `train_loop_per_worker` reports every epoch besides the dev metrics (`summarize_rows(prefix="dev_")`).
-TRAIN_LOOP_METRICS = ("epoch", "step", "resumed_at_step", "train_loss", "epoch_s")
+TRAIN_LOOP_METRICS = ("epoch", "step", "resumed_at_step", "train_loss", "epoch_s", "retrieval_failed_calls")
 PROFILE_METRICS = ("retrieval_s_per_call", "retrieval_share_of_epoch")
+REFRESH_METRICS = ("refreshes", "refresh_skipped", "refresh_failed", "refresh_stall_s", "refresh_final_wait_s")
 
 # Built once for all trials: the index and retrieval group (knowledge_base, index, retrieval), the train
 # dataset (data, and the tokenizers and lengths QATokenizer uses), and the sweep itself (tune).
 SHARED_SECTIONS = ("knowledge_base", "index", "retrieval", "data", "tune")
-SHARED_KEYS = ("model.question_encoder", "model.generator", "model.max_question_length",
+SHARED_KEYS = ("refresh.location", "model.question_encoder", "model.generator", "model.max_question_length",
                "model.max_target_length", "train.output_dir", "train.resume")
 
 # The trial function only drives its TorchTrainer (the workers reserve their own CPUs), but Tune cannot
@@ -61,7 +62,9 @@ def reported_metrics(cfg: RunConfig) -> list[str]:
     from pipeline.train.metrics import summarize
 
     names = list(TRAIN_LOOP_METRICS) + [f"dev_{key}" for key in summarize([])]
-    return names + (list(PROFILE_METRICS) if cfg.train.profile else [])
+    return (names + (list(PROFILE_METRICS) if cfg.train.profile else [])
+            + (list(REFRESH_METRICS) if cfg.refresh.every_steps or "refresh.every_steps" in cfg.tune.search_space
+               else []))
 
 
 def max_epochs(cfg: RunConfig, space: dict[str, Distribution]) -> int:
@@ -163,22 +166,29 @@ def to_tune_domains(space: dict[str, Distribution]) -> dict[str, Any]:
             for key, d in space.items()}
 
 
-def trial_cpus(cfg: RunConfig, space: dict[str, Distribution]) -> float:
-    """CPUs the largest trial of the sweep reserves: its workers' plus its driver's token share."""
-    workers = space["train.num_workers"].largest() if "train.num_workers" in space else cfg.train.num_workers
-    per_worker = (space["train.cpus_per_worker"].largest() if "train.cpus_per_worker" in space
-                  else cfg.train.cpus_per_worker)
-    return workers * per_worker + TRIAL_DRIVER_CPUS
+def trial_cpus(cfg: RunConfig, space: dict[str, Distribution], shards: int = 1) -> float:
+    """CPUs the largest trial of the sweep reserves: its workers', its driver's token share and, for a trial that
+    refreshes its index, its own retrieval group (`shards` x replicas actors) and refresh embedding actors."""
+    def largest(key: str):
+        section, _, name = key.partition(".")
+        return space[key].largest() if key in space else getattr(getattr(cfg, section), name)
+
+    cpus = largest("train.num_workers") * largest("train.cpus_per_worker") + TRIAL_DRIVER_CPUS
+    if largest("refresh.every_steps") > 0:
+        r = cfg.retrieval
+        cpus += shards * r.replicas * r.actor_num_cpus + largest("refresh.embed_concurrency") * largest(
+            "refresh.embed_num_cpus")
+    return cpus
 
 
 def concurrent_trials(cfg: RunConfig, space: dict[str, Distribution], cluster: dict[str, float],
-                      reserved_cpus: float) -> int:
+                      reserved_cpus: float, shards: int = 1) -> int:
     """tune.max_concurrent_trials, lowered to how many trials the cluster's CPUs (and GPUs) hold at once.
 
     `cluster` is `ray.cluster_resources()`; `reserved_cpus` what the retrieval group holds. Never below 1.
     """
     free = cluster.get("CPU", 0.0) - reserved_cpus - DATA_CPUS
-    fits = int(free // trial_cpus(cfg, space))
+    fits = int(free // trial_cpus(cfg, space, shards))
     if cfg.train.use_gpu:
         workers = space["train.num_workers"].largest() if "train.num_workers" in space else cfg.train.num_workers
         fits = min(fits, int(cluster.get("GPU", 0.0) // workers))

@@ -22,6 +22,7 @@ Layout of tune.output_dir (on a multi-node cluster, storage every node sees, as 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ import yaml
 
 from pipeline.config import RunConfig, apply_overrides, config_from_dict
 from pipeline.errors import ConfigError, unwrap_pipeline_error
+from pipeline.output import tune_verbosity
 from pipeline.train.checkpoints import read_history
 from pipeline.tune.search_space import (
     TRIAL_DRIVER_CPUS,
@@ -59,7 +61,31 @@ def train_trial(trial_config: dict, base: dict, prepared, trials_dir: str) -> No
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
     cfg.train.output_dir = str(Path(trials_dir) / trial_id)
-    make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+    if cfg.refresh.every_steps > 0:
+        with own_retrieval_group(cfg, trial_id):
+            make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+    else:
+        make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+
+
+@contextmanager
+def own_retrieval_group(cfg: RunConfig, trial_id: str):
+    """Point `cfg` at a retrieval group of the trial's own, for a trial whose refreshes would otherwise move
+    the group every trial shares to its own context encoder's index. The trial's group starts on the version the
+    shared group serves (its files are shared, memory-mapped, not copied), publishes its refreshed versions in
+    <trial output>/index, and is stopped when the trial ends; that location is kept beside the trial's model."""
+    from pipeline.retrieval.group import stop_retrieval_group, start_retrieval_group
+    from pipeline.retrieval.rollout import served_version
+
+    shared = served_version(cfg.retrieval.group, cfg.retrieval.namespace)
+    cfg.retrieval.group = f"{cfg.retrieval.group}.{trial_id}"
+    cfg.index.directory = str(shared.directory)
+    cfg.refresh.location = str(Path(cfg.train.output_dir) / "index")
+    start_retrieval_group(cfg.index.directory, cfg.retrieval)
+    try:
+        yield
+    finally:
+        stop_retrieval_group(cfg.retrieval.group, cfg.retrieval.namespace)
 
 
 def _plain(overrides: dict) -> dict:
@@ -124,7 +150,7 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     else:
         scheduler = make_scheduler(cfg, space)
         reserved = len(list_members(cfg.retrieval.group, cfg.retrieval.namespace)) * cfg.retrieval.actor_num_cpus
-        concurrent = concurrent_trials(cfg, space, ray.cluster_resources(), reserved)
+        concurrent = concurrent_trials(cfg, space, ray.cluster_resources(), reserved, prepared.manifest.num_shards)
         print(f"[tune] {cfg.tune.num_samples} trials, {concurrent} at a time, ASHA on {cfg.tune.metric} "
               f"({cfg.tune.mode}) per epoch, sharing retrieval group {cfg.retrieval.group!r}", flush=True)
         tuner = tune.Tuner(
@@ -132,7 +158,7 @@ def run_tune(cfg: RunConfig) -> SweepResult:
             param_space={"overrides": to_tune_domains(space)},
             tune_config=tune.TuneConfig(metric=cfg.tune.metric, mode=cfg.tune.mode, scheduler=scheduler,
                                         num_samples=cfg.tune.num_samples, max_concurrent_trials=concurrent),
-            run_config=tune.RunConfig(name=SWEEP_NAME, storage_path=str(out)),
+            run_config=tune.RunConfig(name=SWEEP_NAME, storage_path=str(out), verbose=tune_verbosity()),
         )
     grid = tuner.fit()
     rows = _trial_rows(grid, reported_metrics(cfg))

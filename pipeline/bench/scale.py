@@ -1,0 +1,148 @@
+"""The scale benchmark's pieces: which indexes to build, building them, and measuring them served by Ray.
+
+For every passage count N: one vectors file of synthetic vectors (`synthetic.py`) and held-out questions
+from the same distribution with their exact top-10; then, for each planned (factory, S shards), an index
+directory sharing that vectors file (hard links) with its own FAISS shards, built by the real build step.
+Each search setting is served by a Ray group of S shards x 1 replica and measured: ms per call (batch 8),
+recall@10 against exact search, and the memory of each actor.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+
+from pipeline.bench.synthetic import synthetic_vectors
+from pipeline.bench.timing import percentiles
+from pipeline.config import RetrievalConfig, _opt
+from pipeline.index.build import build_shards
+from pipeline.index.manifest import (
+    PASSAGES,
+    VECTORS,
+    IndexManifest,
+    even_shard_offsets,
+    shard_file,
+)
+
+GROUP, NAMESPACE = "scale-bench", "rag-benchmarks"
+
+
+@dataclass
+class ScaleBenchmarkSpec:
+    counts: list = _opt([100_000, 1_000_000, 2_000_000], "Passage counts N.", ge=1)
+    shards: list = _opt([1, 2, 4], "Shard counts S (one actor per shard).", ge=1)
+    dimension: int = _opt(768, "Vector dimension (768: DPR).", ge=8)
+    compressed: str = _opt("IVF{nlist},PQ64x4fs", "Compressed index factory; {nlist} = a power of 2 near "
+                                                   "2 x sqrt(vectors per shard).")
+    graph: str = _opt("HNSW32", "Graph index factory (vectors stored in full).")
+    ivf_settings: str = _opt("16x1,32x10,32x50,64x50", "IVF search settings served, each nprobe x rerank_factor.")
+    hnsw_settings: str = _opt("32,64,128", "HNSW efSearch values served.")
+    graph_max_count: int = _opt(100_000, "Largest N given a graph index (its build is the slowest).", ge=0)
+    flat_max_count: int = _opt(1_000_000, "Largest N given an exact (Flat) index, at S = 1.", ge=0)
+    full_grid_max_count: int = _opt(100_000, "Above this N, graph indexes are built at the smallest S only.", ge=0)
+    train_sample: int = _opt(50_000, "Vectors sampled to train IVF and PQ (per shard).", ge=1000)
+    queries: int = _opt(200, "Held-out questions, asked in calls of `batch` (recall over all of them).", ge=1)
+    batch: int = _opt(8, "Questions per call.", ge=1)
+    work_dir: str = _opt("", "Where the indexes are built (kept); empty: a temporary folder, deleted after.")
+    output_dir: str = _opt("docs/figures", "Where scale_benchmark.json and .png go.")
+    seed: int = _opt(0, "Seed of the vectors and questions.")
+
+
+def nlist_for(vectors: int) -> int:
+    """A power of 2 near 2 x sqrt(vectors): IVF list count (the low end of the usual 1-16 x sqrt, since training
+    cost grows with it and each shard trains its own)."""
+    return 2 ** max(4, round(math.log2(2 * math.sqrt(vectors))))
+
+
+def plan(spec: ScaleBenchmarkSpec) -> list[tuple[int, str, int]]:
+    """(N, factory template, S) for every index to build, in build order."""
+    configs = []
+    for count in spec.counts:
+        configs += [(count, spec.compressed, s) for s in spec.shards]
+        if count <= spec.graph_max_count:
+            shards = spec.shards if count <= spec.full_grid_max_count else [min(spec.shards)]
+            configs += [(count, spec.graph, s) for s in shards]
+        if count <= spec.flat_max_count:
+            configs.append((count, "Flat", 1))
+    return configs
+
+
+def settings_for(factory: str, spec: ScaleBenchmarkSpec) -> list[dict]:
+    """RetrievalConfig overrides to serve `factory` with: nprobe/rerank_factor, ef_search, or none."""
+    if factory.startswith("IVF"):
+        pairs = [item.split("x") for item in spec.ivf_settings.split(",")]
+        return [{"nprobe": int(n), "rerank_factor": int(r)} for n, r in pairs]
+    if factory.startswith("HNSW"):
+        return [{"ef_search": int(e)} for e in spec.hnsw_settings.split(",")]
+    return [{}]
+
+
+def questions_and_truth(base: Path, count: int, dimension: int, queries: int, seed: int, k: int = 10):
+    """Held-out questions (fresh draws of the corpus's distribution) and their exact top-k ids over all N."""
+    import faiss
+
+    vectors = np.memmap(base / VECTORS, dtype=np.float32, mode="r", shape=(count, dimension))
+    questions = np.concatenate(list(synthetic_vectors(queries, dimension, seed, draw=1)))
+    _, truth = faiss.knn(questions, vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return questions, truth
+
+
+def build_config(base: Path, directory: Path, count: int, dimension: int, factory: str, shards: int,
+                 train_sample: int) -> dict:
+    """Index `directory` over the base's files (hard links) with S FAISS shards; returns build seconds and bytes."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name in (VECTORS, PASSAGES):
+        if not (directory / name).exists():
+            os.link(base / name, directory / name)
+    manifest = IndexManifest(encoder="synthetic", pooling="none", max_length=0, dimension=dimension,
+                             metric="inner_product", count=count, factory=factory,
+                             shard_offsets=even_shard_offsets(count, shards))
+    started = time.perf_counter()
+    build_shards(directory, manifest, train_sample, recall_queries=0)
+    build_s = time.perf_counter() - started
+    return {"build_s": round(build_s, 1),
+            "faiss_bytes_per_shard": [(directory / shard_file(s)).stat().st_size for s in range(shards)],
+            "vectors_bytes": (directory / VECTORS).stat().st_size,
+            "passages_bytes": (directory / PASSAGES).stat().st_size}
+
+
+def serve_and_measure(index_dir: str, shards: int, settings: dict, questions: np.ndarray, truth: np.ndarray,
+                      batch: int) -> dict:
+    """Start S shards x 1 replica with `settings`, ask every question in calls of `batch`; ms per call,
+    recall@10 vs exact, and each actor's memory after the calls."""
+    from pipeline.retrieval.client import RetrievalClient
+    from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
+
+    cfg = RetrievalConfig(group=GROUP, namespace=NAMESPACE, actor_num_cpus=0.01, call_timeout_s=600, **settings)
+    members = start_retrieval_group(index_dir, cfg)
+    try:
+        client = RetrievalClient(GROUP, NAMESPACE, timeout_s=600)
+        client.retrieve(questions[:batch], 10)  # warm-up
+        seconds, found = [], []
+        for start in range(0, len(questions), batch):
+            began = time.perf_counter()
+            found.append(client.retrieve(questions[start:start + batch], 10).ids)
+            seconds.append(time.perf_counter() - began)
+        memory = ray.get([_memory_of.remote(m["pid"]) for m in members])
+    finally:
+        stop_retrieval_group(GROUP, NAMESPACE)
+    ids = np.concatenate(found)
+    recall = float(np.mean([len(set(a) & set(b)) for a, b in zip(ids, truth)])) / truth.shape[1]
+    return {**settings, "recall_at_10": round(recall, 4), **percentiles(seconds),
+            "rss_mb_per_actor": round(max(m["rss_mb"] for m in memory), 1),
+            "pss_mb_per_actor": round(max(m["pss_mb"] for m in memory), 1)}
+
+
+@ray.remote(num_cpus=0)
+def _memory_of(pid: int) -> dict:
+    import psutil
+
+    info = psutil.Process(pid).memory_full_info()
+    return {"rss_mb": info.rss / 2**20, "pss_mb": info.pss / 2**20}
+
