@@ -26,6 +26,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ _VOWELS = ["a", "e", "i", "o", "u", "a", "e", "o", "ai", "ei"]
 _CODAS = ["", "", "", "n", "r", "l", "s", "k", "m", "x"]
 
 
-class _WordMaker:
+class WordMaker:
     """Capitalised pronounceable words, each new word distinct from every earlier one."""
 
     def __init__(self, rng: random.Random):
@@ -232,7 +233,7 @@ def build_knowledge_base(seed: int = 0, num_entities: int = NUM_ENTITIES,
     on, so that what it reads is not the real world's facts).
     """
     rng = random.Random(seed)
-    words = _WordMaker(rng)
+    words = WordMaker(rng)
     first_names, last_names = words.pool(150, (2,)), words.pool(400, (2,))
     towns, rivers = words.pool(300, (2,)), words.pool(120, (2,))
     companies, pets = words.pool(400, (2, 3)), words.pool(300, (2,))
@@ -311,7 +312,8 @@ def build_splits(facts: list[Fact], seed: int = 0) -> dict[str, list[dict]]:
 
 # ---------------------------------------------------------------- files
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    """One JSON object per line, UTF-8, keys in the order given (the bytes the demo's tests compare)."""
     with open(path, "w", encoding="utf-8") as f:
         for row in rows:
             f.write(json.dumps(row, ensure_ascii=False) + "\n")
@@ -342,35 +344,40 @@ def _generate(paths: DemoPaths, seed: int, reading_steps: int) -> None:
 
     documents, facts = build_knowledge_base(seed)
     splits = build_splits(_unique_evidence(documents, facts), seed)
-    _write_jsonl(paths.documents, documents)
+    write_jsonl(paths.documents, documents)
     for split, rows in splits.items():
-        _write_jsonl(getattr(paths, split), rows)
+        write_jsonl(getattr(paths, split), rows)
     corpus = [f"{d['title']} / {d['text']}" for d in documents]
     corpus += [f"{r['question']} {r['answers'][0]}" for rows in splits.values() for r in rows]
     build_generator(paths.generator, corpus, shadow_reading_examples(seed), seed, reading_steps)
-    (paths.directory / _STAMP).write_text(json.dumps(_stamp(seed, reading_steps)) + "\n")
 
 
 def _stamp(seed: int, reading_steps: int) -> dict:
     return {"version": DEMO_VERSION, "seed": seed, "reading_steps": reading_steps}
 
 
-def _reason_to_generate(paths: DemoPaths, seed: int, reading_steps: int) -> str | None:
-    """None if `paths` holds this version's demo for `seed`, else why it must be (re)generated."""
+def _kind(stamp: dict) -> str:
+    return stamp.get("kind", "demo")  # the demo's stamp predates kinds; other data sets name theirs
+
+
+def _reason_to_generate(paths: DemoPaths, stamp: dict) -> str | None:
+    """None if `paths` holds the data set `stamp` describes, else why it must be (re)generated."""
+    kind = _kind(stamp)
     if not paths.directory.exists():
         return "absent"
     if not (paths.documents.exists() and (paths.generator / "config.json").exists()):
-        raise DataError(f"{paths.directory}: exists but is not a demo (no documents.jsonl or generator/); "
+        raise DataError(f"{paths.directory}: exists but is not a {kind} (no documents.jsonl or generator/); "
                         "move it or choose another directory")
-    stamp = paths.directory / _STAMP
     try:
-        found = json.loads(stamp.read_text())
+        found = json.loads((paths.directory / _STAMP).read_text())
     except (OSError, ValueError):
         found = {}
-    if found != _stamp(seed, reading_steps):
-        return f"replacing {found or 'an unversioned demo'}"
+    if found and _kind(found) != kind:  # another data set's directory: never replaced by this one
+        raise DataError(f"{paths.directory}: holds {_kind(found)} data, not {kind}; choose another directory")
+    if found != stamp:
+        return f"replacing {found or f'an unversioned {kind}'}"
     if paths.missing():
-        raise DataError(f"{paths.directory}: incomplete demo (missing {', '.join(paths.missing())}); "
+        raise DataError(f"{paths.directory}: incomplete {kind} (missing {', '.join(paths.missing())}); "
                         "delete it to regenerate")
     return None
 
@@ -401,8 +408,16 @@ def ensure_demo_data(directory: str | Path = DEMO_DIR, seed: int = 0, reading_st
     nothing half-written. Same seed, same bytes in every file. A directory that is not a
     demo is never overwritten (DataError).
     """
+    return ensure_generated(directory, _stamp(seed, reading_steps), lambda paths: _generate(paths, seed, reading_steps))
+
+
+def ensure_generated(directory: str | Path, stamp: dict, generate: Callable[[DemoPaths], None]) -> DemoPaths:
+    """Paths of the data set `stamp` describes under `directory`, calling `generate(paths)` on a temporary
+    sibling directory first if it is absent or stamped otherwise (the demo's contract, for any data set
+    with its layout; `stamp["kind"]` names a data set other than the demo, and `stamp["seed"]` is logged).
+    """
     paths = DemoPaths.at(directory)
-    reason = _reason_to_generate(paths, seed, reading_steps)
+    reason = _reason_to_generate(paths, stamp)
     if reason is None:
         return paths
     paths.directory.parent.mkdir(parents=True, exist_ok=True)
@@ -410,11 +425,12 @@ def ensure_demo_data(directory: str | Path = DEMO_DIR, seed: int = 0, reading_st
     tmp = Path(tempfile.mkdtemp(prefix=f".{paths.directory.name}-", dir=paths.directory.parent))
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the demo from other users of a shared cluster
     try:
-        _generate(DemoPaths.at(tmp), seed, reading_steps)
+        generate(DemoPaths.at(tmp))
+        (tmp / _STAMP).write_text(json.dumps(stamp) + "\n")
         _move_into_place(tmp, paths.directory, replace=reason != "absent")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     note = "" if reason == "absent" else f", {reason}"
-    print(f"demo data: generated {paths.directory} (seed {seed}) in {time.perf_counter() - start:.1f}s{note}",
-          flush=True)
+    print(f"{_kind(stamp)} data: generated {paths.directory} (seed {stamp.get('seed')}) "
+          f"in {time.perf_counter() - start:.1f}s{note}", flush=True)
     return paths
