@@ -40,6 +40,7 @@ class FinetuneResult:
     best_metric: str  # what chose the exported epoch
     best_epoch: int | None
     files: dict[str, Path]  # metrics, curves_json, curves_png
+    refreshes: list[dict]  # one row per finished index refresh: version, passages, embed/build/swap s, behind_steps
 
 
 def run_finetune(cfg: RunConfig) -> FinetuneResult:
@@ -59,10 +60,10 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
     history = checkpoints.read_history(result.checkpoint.path)
     best, best_metrics = checkpoints.best_checkpoint(result, t.best_metric, t.best_mode)
     model_dir = checkpoints.export_model(best, checkpoints.final_model_dir(t.output_dir))
-    loss_curve = _loss_curve(result.checkpoint)
-    files = checkpoints.write_run_outputs(t.output_dir, history, loss_curve)
+    state = _final_state(result.checkpoint)
+    files = checkpoints.write_run_outputs(t.output_dir, history, state["loss_curve"])
     return FinetuneResult(history[-1] if history else {}, history, model_dir, t.best_metric, best_metrics.get("epoch"),
-                          files)
+                          files, state["refresh"].get("done", []))
 
 
 def prepare_run(cfg: RunConfig) -> PreparedRun:
@@ -157,12 +158,13 @@ def steps_per_epoch(train_examples: int, t: TrainConfig) -> int:
     return max(1, train_examples // (t.batch_size * t.num_workers * t.grad_accum))
 
 
-def _loss_curve(checkpoint) -> list:
+def _final_state(checkpoint) -> dict:
+    """The TrainState (as saved: a dict) of the run's last checkpoint."""
     import torch
 
     with checkpoint.as_directory() as ckpt:
         saved = torch.load(Path(ckpt) / checkpoints.STATE_FILE, weights_only=True, map_location="cpu")
-    return saved["state"]["loss_curve"]
+    return saved["state"]
 
 
 def _make_paths_absolute(cfg: RunConfig) -> None:
