@@ -23,7 +23,8 @@ import ray
 from pipeline.bench.cli import parse_spec
 from pipeline.bench.synthetic import write_synthetic_index
 from pipeline.bench.timing import load_average, machine_info
-from pipeline.config import RetrievalConfig, _opt
+from pipeline.config import RetrievalConfig
+from pipeline.options import option
 from pipeline.errors import run_job
 from pipeline.ray_session import connect_ray
 from pipeline.retrieval.group import actor_name, list_members, start_retrieval_group, stop_retrieval_group
@@ -33,13 +34,13 @@ GROUP, NAMESPACE = "memory-bench", "rag-benchmarks"
 
 @dataclass
 class MemoryBenchmarkSpec:
-    count: int = _opt(200_000, "Passages in the synthetic 1-shard index.", ge=1)
-    dimension: int = _opt(768, "Vector dimension.", ge=1)
-    factory: str = _opt("Flat", "FAISS factory string.")
-    passage_words: int = _opt(100, "Words per synthetic passage (the project splits documents into <= 100).", ge=3)
-    replicas: list = _opt([1, 2, 4], "Replica counts R to measure, one group after the other.", ge=1)
-    calls: int = _opt(10, "Calls each replica serves before its memory is read.", ge=1)
-    output_dir: str = _opt("runs/benchmarks", "Where memory.json and memory.png go.")
+    count: int = option(200_000, "Passages in the synthetic 1-shard index.", ge=1)
+    dimension: int = option(768, "Vector dimension.", ge=1)
+    factory: str = option("Flat", "FAISS factory string.")
+    passage_words: int = option(100, "Words per synthetic passage (the project splits documents into <= 100).", ge=3)
+    replicas: list = option([1, 2, 4], "Replica counts R to measure, one group after the other.", ge=1)
+    calls: int = option(10, "Calls each replica serves before its memory is read.", ge=1)
+    output_dir: str = option("runs/benchmarks", "Where memory.json and memory.png go.")
 
 
 @ray.remote(num_cpus=0)

