@@ -12,17 +12,15 @@ import pytest
 import torch
 
 from pipeline.errors import ModelLoadError
+from pipeline.model.contexts import format_contexts, tokenize_contexts, tokenize_targets
 from pipeline.model.rag import (
     build_rag_model,
     encode_questions,
-    format_contexts,
     generate_answers,
     load_rag_model,
     rag_loss,
     save_rag_model,
     score_documents,
-    tokenize_contexts,
-    tokenize_targets,
 )
 
 WORDS = ("river stone harbor lantern orchard meadow copper violin falcon ember quartz willow summit canyon "

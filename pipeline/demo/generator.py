@@ -123,7 +123,7 @@ def practise_reading(model, tokenizer, examples: list[ReadingExample], seed: int
 
     import torch
 
-    from pipeline.model.rag import format_contexts
+    from pipeline.model.contexts import format_contexts
 
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

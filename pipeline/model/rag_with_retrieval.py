@@ -22,7 +22,8 @@ from torch import nn
 
 from pipeline.config import ModelConfig
 from pipeline.model.encoders import encode, passage_text, pool
-from pipeline.model.rag import RagParts, generate_answers, rag_loss, tokenize_contexts
+from pipeline.model.contexts import tokenize_contexts
+from pipeline.model.rag import RagParts, generate_answers, rag_loss
 from pipeline.retrieval.result import RetrievalResult, take_columns
 
 

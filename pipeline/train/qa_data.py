@@ -214,7 +214,7 @@ class QATokenizer:
         self.max_question_length, self.max_target_length = max_question_length, max_target_length
 
     def __call__(self, batch: dict) -> dict:
-        from pipeline.model.rag import tokenize_targets
+        from pipeline.model.contexts import tokenize_targets
 
         questions = [str(q) for q in batch["question"]]
         encoded = _tokenizer(self.question_tokenizer)(
