@@ -2,8 +2,9 @@
 
 A run is the demo when it names no data at all: `knowledge_base.documents`, `data.train`, `data.dev`,
 `data.test` and `model.generator` are all empty and `index.directory` is at its default. Only such a run
-gets the demo's paths (the demo is generated on first use, about 4 minutes). Any other run must name what its
-job reads; an empty one is a ConfigError naming the key, never a silent switch to the demo's file.
+gets the demo's paths (the demo is generated on first use; docs/results.md gives the time). Any other run must
+name what its job reads; an empty one is a ConfigError naming the key, never a silent switch to the demo's
+file.
 """
 
 from __future__ import annotations

@@ -19,8 +19,8 @@ shuffled (the label words are jargon to it, and word order carries no role), and
 question does not know. Whatever q a question encoder makes, the gold record and its reverse score about
 alike: trained this way, recall@1 stays near the pretrained coin flip. A trained context encoder can write
 the binding into c(p) (e.g. the names after the winner's label in one subspace, the loser's in another), which
-is what end-to-end training teaches through the doc scores. `ensure_end2end_data`'s docstring gives the
-measured numbers' source.
+is what end-to-end training teaches through the doc scores. `jobs/benchmark_end2end.py` measures both, and
+docs/results.md quotes it.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.demo.data import DemoPaths, WordMaker, ensure_generated, write_jsonl
+from pipeline.demo.generated import DemoPaths, WordMaker, ensure_generated, write_jsonl
 
 END2END_DIR = "runs/end2end/data"
 END2END_VERSION = 1  # bump when the generated content changes, so data made by older code is replaced

@@ -17,7 +17,7 @@ demo generator is pretrained here, in two steps:
   answering the demo's questions still takes retrieving the right passage (the random-passage
   ablation of `jobs/benchmark_demo.py` checks exactly that).
 
-3,000 steps of 16 take about 4 minutes on 2 CPU cores (233 s measured). `jobs/benchmark_demo.py` reports
+docs/results.md gives how long 3,000 steps of 16 take on 2 cores. `jobs/benchmark_demo.py` reports
 what the RAG model answers as fine-tuning starts and after it; the tests only check that reading practice
 lowers the loss.
 
