@@ -24,8 +24,8 @@ from pipeline.bench.cli import parse_spec
 from pipeline.bench.synthetic import write_synthetic_index
 from pipeline.bench.timing import load_average, machine_info
 from pipeline.config import RetrievalConfig
-from pipeline.options import option
 from pipeline.errors import run_job
+from pipeline.options import option
 from pipeline.ray_session import connect_ray
 from pipeline.retrieval.group import actor_name, list_members, start_retrieval_group, stop_retrieval_group
 
