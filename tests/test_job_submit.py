@@ -34,6 +34,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline.index.manifest import read_manifest
+from pipeline.index.versions import resolve_version
 from tests.conftest import write_corpus
 
 pytestmark = pytest.mark.slow  # a whole cluster and five jobs: minutes, not seconds
@@ -239,8 +241,7 @@ def test_job_gets_runtime_env_and_a_working_dir_without_ignored_files(job_cluste
 def test_build_index_job_writes_the_index_directory(job_cluster, built_index):
     directory, job = built_index
     assert f"[build_index] wrote {directory}" in job.logs
-    manifest = json.loads((directory / "manifest.json").read_text())
-    assert manifest["count"] >= 30  # every document, long ones split into several passages
+    assert read_manifest(directory).count >= 30  # every document, long ones split into several passages
     # The same job as `ray job status` / `ray job logs` see it afterwards.
     address = ["--address", job_cluster.address]
     assert f"Job '{job.id}' succeeded" in job_cluster.run("job", "status", job.id, *address).stdout
@@ -250,7 +251,9 @@ def test_build_index_job_writes_the_index_directory(job_cluster, built_index):
 def test_retrieval_service_start_job_holds_retrieval_node_resources(job_cluster, retrieval_group, built_index):
     directory, _ = built_index
     assert f"retrieval group {GROUP!r}" in retrieval_group.logs
-    assert [m["index_dir"] for m in _members(retrieval_group.logs)] == [str(directory.resolve())]
+    # Actors report the version directory they serve: the location's current one.
+    served = [Path(m["index_dir"]).resolve() for m in _members(retrieval_group.logs)]
+    assert served == [resolve_version(directory).directory.resolve()]
     # The actor sits on the resource that cluster.yaml's retrieval nodes offer.
     assert "1.0/4.0 retrieval_node" in job_cluster.resource_usage("1.0/4.0 retrieval_node")
 
@@ -259,7 +262,7 @@ def test_retrieval_service_status_job_finds_the_group_from_another_job(job_clust
     directory, _ = built_index
     members = _members(job_cluster.submit("python", "jobs/retrieval_service.py", "status", *RETRIEVAL, timeout=60).logs)
     assert len(members) == 1 and "error" not in members[0]
-    assert members[0]["count"] == json.loads((directory / "manifest.json").read_text())["count"]
+    assert members[0]["count"] == read_manifest(directory).count
 
 
 def test_finetune_job_trains_against_the_running_group(job_cluster, retrieval_group, built_index, tmp_path_factory):

@@ -68,7 +68,7 @@ def test_keys_every_trial_shares_cannot_be_swept(key):
 
 def test_metric_that_is_never_reported_is_a_config_error():
     with pytest.raises(ConfigError, match="tune.metric: 'dev_em' is never reported; the training loop reports "
-                                          "epoch, step, resumed_at_step, train_loss, epoch_s, dev_count, dev_exact_match"):
+                                          "epoch, step, .*dev_exact_match, dev_f1"):
         check_sweep_config(_config(tune__metric="dev_em"))
     with pytest.raises(ConfigError, match="tune.metric: 'retrieval_s_per_call' is never reported"):
         check_sweep_config(_config(tune__metric="retrieval_s_per_call"))
