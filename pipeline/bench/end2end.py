@@ -13,12 +13,12 @@ Each exported model is scored on the test split with its own group, serving the 
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import time
 from pathlib import Path
 
+from pipeline.bench.report_files import write_report_files
 from pipeline.config import RunConfig, apply_overrides
 
 RUNS = {
@@ -106,11 +106,7 @@ def machine_load() -> dict:
 
 
 def write_report(report: dict, out: Path) -> tuple[Path, Path]:
-    out.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = out / "end2end_benchmark.json", out / "end2end_benchmark.png"
-    json_path.write_text(json.dumps(report, indent=2))
-    plot(report, png_path)
-    return json_path, png_path
+    return write_report_files(report, out, "end2end_benchmark", plot)
 
 
 def plot(report: dict, path: Path) -> None:

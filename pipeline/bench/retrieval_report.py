@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from pipeline.bench.report_files import write_report_files
 from pipeline.bench.timing import paired_difference_ms, percentiles, ratio_with_spread
 
 TARGETS = {"ray_over_floor": 2.0, "ray_w4_over_w1": 1.3, "ray_over_torch": 1.0}
@@ -92,12 +92,7 @@ def targets(r: dict) -> dict:
 
 def write_report(report: dict, output_dir: str | Path) -> tuple[Path, Path]:
     """retrieval_benchmark.json and retrieval_benchmark.png (p50 bars, whiskers to p90) in `output_dir`."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    json_path, png_path = output_dir / "retrieval_benchmark.json", output_dir / "retrieval_benchmark.png"
-    json_path.write_text(json.dumps(report, indent=2))
-    _plot(report, png_path)
-    return json_path, png_path
+    return write_report_files(report, output_dir, "retrieval_benchmark", _plot)
 
 
 def _plot(report: dict, path: Path) -> None:
