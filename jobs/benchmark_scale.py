@@ -1,6 +1,6 @@
 """BENCHMARK (scale): compressed, graph and exact indexes at 100k to millions of synthetic passages.
 
-    python jobs/benchmark_scale.py                       # N 100k, 1M, 2M; S 1, 2, 4 (about 20-30 min on 2 cores)
+    python jobs/benchmark_scale.py                       # N 100k, 1M, 2M; S 1, 2, 4 (its time: docs/results.md)
     python jobs/benchmark_scale.py --counts 100000 --shards 1,2 --output_dir runs/benchmarks
 
 For every planned (N, factory, S) (pipeline/bench/scale.py: `plan`): build time, bytes on disk, and, served
