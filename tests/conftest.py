@@ -94,3 +94,13 @@ def tiny_demo(ray_cluster, tmp_path_factory):
         "train.cpus_per_worker": 1.0, "train.batch_size": 4, "train.eval_max_examples": 8,
         "train.warmup_steps": 2, "model.max_source_length": 96,
     }
+
+
+def weights_of(module) -> dict:
+    """A copy of a torch module's state dict, to compare after training."""
+    return {name: p.detach().clone() for name, p in module.state_dict().items()}
+
+
+def largest_change(before: dict, after: dict) -> float:
+    """Largest absolute change of any weight shared by the two state dicts."""
+    return max(float((after[name] - before[name]).abs().max()) for name in before if name in after)

@@ -1,4 +1,5 @@
-"""TRAIN: Ray Data -> TorchTrainer (2 workers) -> retrieval group -> RAG loss, checkpoints, resume, bad input."""
+"""TRAIN: Ray Data -> TorchTrainer (2 workers) -> retrieval group -> RAG loss, checkpoints, bad input
+(resume: tests/test_refresh.py, tests/test_faults.py)."""
 
 from __future__ import annotations
 
@@ -72,15 +73,6 @@ def _hit_at_k_by_hand(model_dir, tiny_demo, k: int) -> float:
     texts = pa.ipc.open_file(str(index / "passages.arrow")).read_all().column("text").to_pylist()
     top = np.argsort(-(questions @ vectors.T), axis=1)[:, :k]
     return float(np.mean([answer_hit([texts[i] for i in ids], r["answers"]) for ids, r in zip(top, rows)]))
-
-
-def test_a_stopped_run_resumes_from_its_latest_checkpoint(tiny_demo, tmp_path, stop_group):
-    first = run_finetune(_config(tiny_demo, tmp_path, **{"train.num_workers": 1, "train.epochs": 1}))
-    steps = first.history[-1]["step"]
-    resumed = run_finetune(_config(tiny_demo, tmp_path, **{"train.num_workers": 1, "train.epochs": 2}))
-    assert [h["step"] for h in resumed.history] == [steps, 2 * steps]
-    assert resumed.history[0] == first.history[0]  # the first epoch was not trained again
-    assert resumed.history[1]["resumed_at_step"] == steps
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "parquet", "csv", "source"])

@@ -1,6 +1,7 @@
 """End-to-end retriever training with a live index: the context encoder's weights are re-embedded into new index
-versions while training runs, the group rolls forward, a resumed run continues the schedule, a refresh that
-fails leaves the served version in place, and bad refresh/rerank settings are one-line errors."""
+versions while training runs (both encoders learning once past their freeze steps), the group rolls forward, a
+resumed run continues the schedule, a refresh that fails leaves the served version in place, and bad
+refresh/rerank settings are one-line errors."""
 
 from __future__ import annotations
 
@@ -15,11 +16,13 @@ from pipeline.config import RunConfig, apply_overrides
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.index.manifest import read_manifest
 from pipeline.index.versions import list_versions, resolve_version
+from pipeline.model.encoders import load_encoder
+from pipeline.model.rag import load_rag_model
 from pipeline.retrieval.group import group_status, stop_retrieval_group
 from pipeline.retrieval.rollout import served_version
 from pipeline.train.checks import check_run_config
 from pipeline.train.finetune import prepare_run, run_finetune
-from tests.conftest import TEST_NAMESPACE
+from tests.conftest import TEST_NAMESPACE, largest_change, weights_of
 
 
 @pytest.fixture
@@ -40,11 +43,21 @@ def _config(tiny_demo, tmp_path, location, group, **overrides) -> RunConfig:
 
 def test_background_refreshes_roll_the_group_forward_and_a_resumed_run_continues_them(tiny_demo, tmp_path,
                                                                                        own_index):
-    first = _config(tiny_demo, tmp_path, own_index, "refresh", **{"refresh.every_steps": 3, "train.max_steps": 6})
+    first = _config(tiny_demo, tmp_path, own_index, "refresh", **{"refresh.every_steps": 3, "train.max_steps": 6,
+                                                                  "train.encoder_lr": 1e-3,
+                                                                  "train.context_encoder_lr": 1e-3})
     try:
         result = run_finetune(first)
         report = result.history[-1]
         assert report["step"] == 6 and report["refresh_failed"] == 0
+        # Both encoders start from the index's encoder and learn once past their freeze step (1 here).
+        _, pretrained = load_encoder("")
+        trained = load_rag_model(result.model_dir)
+        question_moved = largest_change(weights_of(pretrained), weights_of(trained.head.question_encoder))
+        context_moved = largest_change(weights_of(pretrained), weights_of(trained.context_encoder))
+        assert question_moved > 1e-4 and context_moved > 1e-4, (question_moved, context_moved)
+        _, alone = load_encoder(str(result.model_dir / "context_encoder"))  # exported in HF format, loadable alone
+        assert largest_change(weights_of(trained.context_encoder), weights_of(alone)) == 0.0
         # Refreshes of steps 3 and 6 were started; the one of step 6 finished as training ended (or one of them
         # was skipped because the other still ran): either way the group serves a version this run built.
         assert report["refreshes"] + report["refresh_skipped"] == 2 and report["refreshes"] >= 1
@@ -63,6 +76,7 @@ def test_background_refreshes_roll_the_group_forward_and_a_resumed_run_continues
         resumed = run_finetune(apply_overrides(first, {"train.max_steps": 12, "train.epochs": 2}))
         again = resumed.history[-1]
         assert again["resumed_at_step"] == 6 and again["step"] == 12
+        assert resumed.history[0] == result.history[0]  # the steps before the stop were not trained again
         assert again["refreshes"] + again["refresh_skipped"] == 4  # steps 9 and 12 after 3 and 6: continued
         assert again["refreshes"] > report["refreshes"] and again["served_version"] > report["served_version"]
         assert again["served_version"] == served_version("refresh", TEST_NAMESPACE).name
