@@ -6,9 +6,9 @@ like the bundled demo (same layout, same generator machinery; see `pipeline/demo
 * every pair of (made-up) players met twice at one game and each won once; each match is one passage,
   a ledger record in the keepers' jargon: a label word for the winner, another for the loser, and the
   year, in shuffled order, under the game as title, e.g. "Chess" / "zusvi Delo Prast; 1820; tasnan Tovin Karsh.";
-* questions are plain English about one match ("In what year did Tovin Karsh beat Delo Prast at chess?"),
-  answered by the year; the other record of the pair names the same two players at the same game and
-  states another year, so reading it gives a wrong answer;
+* questions are plain English about one match, naming its winner and game ("In which year was Tovin Karsh
+  victorious at chess?"), answered by the year; the other record of the pair names the same two players at
+  the same game and states another year (the rematch that player lost), so reading it gives a wrong answer;
 * dev and test ask about pairs that no training question mentions (every question of a pair is in one split).
 
 Why question-only training cannot close the gap: a question vector q scores a passage by q . c0(p), a
@@ -36,7 +36,6 @@ END2END_VERSION = 1  # bump when the generated content changes, so data made by 
 NUM_PLAYERS = 300
 NUM_PAIRS = 600  # x 2 records = 1,200 passages
 READING_STEPS = 400  # copying the one year of a record is quickly learned
-READING_BATCH = 16
 
 GAMES = ("chess", "draughts", "backgammon", "go", "checkers", "dominoes", "mahjong", "cribbage", "whist",
          "billiards", "croquet", "fencing", "archery", "tennis", "bowls", "quoits")
@@ -122,10 +121,12 @@ def build_ledger_splits(matches: list[Match], seed: int = 0) -> dict[str, list[d
 
 
 def ledger_reading_examples(seed: int, steps: int, num_pairs: int = NUM_PAIRS, num_players: int = NUM_PLAYERS,
-                            batch: int = READING_BATCH) -> list:
-    """Enough shadow-ledger ReadingExamples (record, question, year) for `steps` batches without repeats."""
-    from pipeline.demo.generator import ReadingExample
+                            batch: int | None = None) -> list:
+    """Enough shadow-ledger ReadingExamples (record, question, year) for `steps` batches (of the generator's
+    reading batch unless given) without repeats."""
+    from pipeline.demo.generator import READING_BATCH, ReadingExample
 
+    batch = batch or READING_BATCH
     examples: list = []
     shadow = 0
     while len(examples) < max(steps * batch, batch):
