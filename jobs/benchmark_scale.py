@@ -29,6 +29,7 @@ from pipeline.bench.scale import (
     serve_and_measure,
     settings_for,
 )
+from pipeline.bench.scale_report import compressed_target
 from pipeline.bench.synthetic import write_synthetic_corpus
 from pipeline.bench.timing import load_average, machine_info
 from pipeline.errors import run_job
@@ -84,7 +85,7 @@ def main(argv=None) -> int:
         if not spec.work_dir:
             shutil.rmtree(work, ignore_errors=True)
     report = {"spec": vars(spec), "machine": machine, "load_before": load_before, "load_after": load_average(),
-              "rows": rows, "total_s": round(time.perf_counter() - started, 1),
+              "rows": rows, "target": compressed_target(rows), "total_s": round(time.perf_counter() - started, 1),
               "queries": "held-out draws of the synthetic corpus's distribution; recall against exact top-10"}
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,6 +93,7 @@ def main(argv=None) -> int:
     from pipeline.bench.scale_report import plot_scale
 
     plot_scale(report, out / "scale_benchmark.png")
+    print(f"[scale] target {report['target']['target']}: {report['target']}")
     print(f"[scale] wrote {out / 'scale_benchmark.json'} and .png in {report['total_s']:.0f}s")
     return 0
 

@@ -12,6 +12,14 @@ from pipeline.output import ray_init_kwargs, worker_runtime_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
+# Ray passes results up to `max_direct_call_object_size` (100 KiB by default) inline with the reply and puts
+# larger ones in the object store, which costs a put and a fetch: ~3 ms per call on a 2-core machine
+# (docs/results.md). One retrieval result for 8 questions x 5 passages of 768-d vectors is 127 KB, so every call
+# took that path. Raised for the clusters this project starts (and in cluster.yaml); a value set in the
+# environment wins.
+INLINE_RESULT_BYTES_ENV = "RAY_max_direct_call_object_size"
+INLINE_RESULT_BYTES = 1 << 20
+
 
 def _submitted_job_runtime_env() -> dict:
     """The runtime_env `ray job submit` gave this driver ({} outside a submitted job)."""
@@ -46,6 +54,7 @@ def connect_ray(num_cpus: int | None = None) -> None:
         runtime_env["env_vars"]["PYTHONPATH"] = python_path
         # Ray's CPUs are scheduling slots, not cores: the demo's trainers, retrieval actor and Ray Data tasks
         # need more slots than a laptop has cores, and they do share the cores well (each uses one thread).
+        os.environ.setdefault(INLINE_RESULT_BYTES_ENV, str(INLINE_RESULT_BYTES))  # read by the cluster's processes
         kwargs.update(include_dashboard=True, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
                       runtime_env=runtime_env)
     ray.init(**kwargs)

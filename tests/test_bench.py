@@ -80,7 +80,7 @@ def _cells() -> dict:
         return [[a, a], [b, b]]
 
     return {
-        "1|floor": turns(0.010, 0.010), "1|pair:bench-1x1": [[[0.020, 0.022], [0.020, 0.024]]] * 2,
+        "1|floor": turns(0.010, 0.010), "1|pair:bench-1x1": [[[0.020, 0.022, 0.001], [0.020, 0.024, 0.003]]] * 2,
         "1|in_process": turns(0.020, 0.020), "1|torch:1": turns(0.025, 0.025), "1|ray:bench-1x1": turns(0.030, 0.030),
         "4|in_process": turns(0.040, 0.040), "4|torch:1": turns(0.080, 0.080), "4|ray:bench-1x1": turns(0.036, 0.036),
     }
@@ -95,13 +95,16 @@ def test_ratios_targets_and_report_files(tmp_path):
     assert found["ray_over_torch_w4"]["value"] == pytest.approx(0.45)
     assert found["ray_w4_over_w1"]["value"] == pytest.approx(1.2)
     assert found["overhead_ms"]["value"] == pytest.approx(3.0)  # pairs differ by 2 and 4 ms
+    assert found["transport_ms"]["value"] == pytest.approx(2.0)  # round trips of 1 and 3 ms
+    assert found["overhead_beyond_transport_ms"]["value"] == pytest.approx(1.0)  # 2 - 1 and 4 - 3 ms
     assert found["by_threads"]["1"]["w4"]["1x1"]["value"] == pytest.approx(0.45)
     met = targets(found)
     assert met["ray_over_floor"]["met"] is False and met["ray_w4_over_w1"]["met"] is True
     assert met["ray_over_torch_w1"]["met"] is False and met["ray_over_torch_w4"]["met"] is True
 
     rows = table(cells)
-    assert {(r["workers"], r["variant"]) for r in rows} >= {(1, "pair_in_process"), (1, "pair_ray"), (4, "torch:1")}
+    assert {(r["workers"], r["variant"]) for r in rows} >= {(1, "pair_in_process"), (1, "pair_ray"), (1, "pair_transport"),
+                                                            (4, "torch:1")}
     report = {"spec": {"count": 10, "dimension": 4, "factory": "Flat", "batch": 8, "k": 5},
               "machine": {"cores": 2}, "load_per_turn": [1.0, 2.0], "table": rows, "ratios": found,
               "targets": met}
@@ -156,3 +159,20 @@ def test_scale_figure_picks_the_fastest_setting_near_the_best_recall(tmp_path):
     assert [r["nprobe"] for r in best_rows(rows)] == [16]  # within 0.01 of the best recall, and faster
     plot_scale({"rows": rows, "spec": {"dimension": 8}, "machine": {"cores": 2}}, tmp_path / "scale.png")
     assert (tmp_path / "scale.png").stat().st_size > 0
+
+
+def test_scale_target_takes_the_fastest_setting_that_reaches_the_recall():
+    from pipeline.bench.scale_report import compressed_target
+
+    def row(count, factory, nprobe, recall, ms, shards=1):
+        return {"count": count, "factory": factory, "shards": shards, "nprobe": nprobe, "rerank_factor": 50,
+                "recall_at_10": recall, "p50_ms": ms}
+
+    rows = [row(1_000_000, "IVF2048,PQ64x4fs", 16, 0.94, 4.0), row(1_000_000, "IVF2048,PQ64x4fs", 32, 0.97, 12.0),
+            row(1_000_000, "IVF2048,PQ64x4fs", 64, 0.98, 15.0), row(1_000_000, "Flat", 0, 1.0, 600.0),
+            row(1_000_000, "IVF1024,PQ64x4fs", 32, 0.99, 3.0, shards=2), row(100_000, "IVF512,PQ64x4fs", 8, 0.99, 2.0)]
+    found = compressed_target(rows)
+    assert (found["setting"]["nprobe"], found["p50_ms"], found["met"]) == (32, 12.0, False)
+    rows[1]["p50_ms"] = 9.0
+    assert compressed_target(rows)["met"] is True
+    assert compressed_target([row(100_000, "IVF512,PQ64x4fs", 8, 0.99, 2.0)])["met"] is None  # 1M not measured

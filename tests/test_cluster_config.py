@@ -145,3 +145,12 @@ def test_setup_commands_install_the_project_that_file_mounts_carry(cluster):
 def test_every_node_uses_token_authentication(cluster):
     assert cluster["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"
     assert any("export RAY_AUTH_MODE=token" in cmd for cmd in cluster["initialization_commands"])
+
+
+def test_every_node_passes_retrieval_results_inline_like_the_local_clusters(cluster):
+    from pipeline.ray_session import INLINE_RESULT_BYTES, INLINE_RESULT_BYTES_ENV
+
+    starts = [c for c in cluster["head_start_ray_commands"] + cluster["worker_start_ray_commands"] if "ray start" in c]
+    assert len(starts) == 2
+    for command in starts:
+        assert f"{INLINE_RESULT_BYTES_ENV}={INLINE_RESULT_BYTES} ray start" in command

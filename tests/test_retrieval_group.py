@@ -245,3 +245,14 @@ def test_replicas_memory_map_the_passages_instead_of_copying_them(flat_index, gr
         maps = Path(f"/proc/{member['pid']}/maps").read_text()
         for name in (PASSAGES, VECTORS):
             assert f"{member['index_dir']}/{name}" in maps, f"actor {member['pid']} does not map {name}"
+
+
+def test_row_lookup_reads_rows_in_asked_order_across_chunks():
+    import pyarrow as pa
+
+    from pipeline.retrieval.shard import RowLookup
+
+    column = pa.chunked_array([["a0", "a1", "a2"], [], ["b0"], ["c0", "c1"]])
+    rows = np.array([5, 0, 3, 2, 4, 3, 1])
+    assert RowLookup(column).values(rows) == [column[int(r)].as_py() for r in rows]
+    assert RowLookup(column).values(np.array([], dtype=np.int64)) == []

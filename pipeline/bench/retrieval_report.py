@@ -9,6 +9,7 @@ import numpy as np
 from pipeline.bench.report_files import write_report_files
 from pipeline.bench.timing import paired_difference_ms, percentiles, ratio_with_spread
 
+PAIR_PARTS = ("in_process", "ray", "transport")  # what one call of the pair variant times, in order
 TARGETS = {"ray_over_floor": 2.0, "ray_w4_over_w1": 1.3, "ray_over_torch": 1.0}
 
 
@@ -19,17 +20,19 @@ def label(variant: str) -> str:
         return f"Ray {actors} actor(s) x {threads} thread(s)"
     return {"floor": "read pass over the vectors (floor)", "in_process": "in-process search, 1 thread",
             "torch": f"torch rank 0, {arg} thread(s)", "pair_in_process": "in-process search (paired)",
-            "pair_ray": "Ray 1 actor x 1 thread (paired)"}[kind]
+            "pair_ray": "Ray 1 actor x 1 thread (paired)",
+            "pair_transport": "Ray round trip of the same call, no search"}[kind]
 
 
 def _flat_cells(cells: dict) -> dict[str, list[list[float]]]:
-    """The pair variant's [in_process, ray] timings split into two cells; every cell a list of turn blocks."""
+    """The pair variant's [in_process, ray, transport] timings split into three cells; every cell a list of turn
+    blocks."""
     out = {}
     for key, turns in cells.items():
         world, variant = key.split("|", 1)
         if variant.startswith("pair:"):
-            out[f"{world}|pair_in_process"] = [[p[0] for p in block] for block in turns]
-            out[f"{world}|pair_ray"] = [[p[1] for p in block] for block in turns]
+            for position, part in enumerate(PAIR_PARTS):
+                out[f"{world}|pair_{part}"] = [[p[position] for p in block] for block in turns]
         else:
             out[key] = turns
     return out
@@ -61,15 +64,23 @@ def ratios(cells: dict, workers: list[int], threads: list[int]) -> dict:
         "ray_over_in_process": ratio(f"{w1}|{ray}", f"{w1}|in_process"),
         "ray_w4_over_w1": ratio(f"4|{ray}", f"{w1}|{ray}"),
         "overhead_ms": None,
+        "transport_ms": None,
+        "overhead_beyond_transport_ms": None,
         "compared": (f"Ray = {t} actor(s) x 1 FAISS thread, torch = rank 0 with {t} thread(s); floor = one "
                      f"matrix-vector pass over the shard's memory-mapped vectors; W={w1} unless named"),
     }
     for world in workers:
         out[f"ray_over_torch_w{world}"] = ratio(f"{world}|{ray}", f"{world}|torch:{t}")
     if f"{w1}|pair_ray" in flat:
-        both = [[a, b] for block_a, block_b in zip(flat[f"{w1}|pair_in_process"], flat[f"{w1}|pair_ray"])
-                for a, b in zip(block_a, block_b)]
-        out["overhead_ms"] = paired_difference_ms([p[0] for p in both], [p[1] for p in both])
+        calls = {part: [s for block in flat[f"{w1}|pair_{part}"] for s in block] for part in PAIR_PARTS}
+        out["overhead_ms"] = paired_difference_ms(calls["in_process"], calls["ray"])
+        # Ray's own share of it: the same call's round trip with nothing searched (what any actor-based
+        # service adds to an in-process search on this machine); the rest is this project's serving code.
+        transport = percentiles(calls["transport"])
+        out["transport_ms"] = {"value": round(transport["p50_ms"], 3), "p10": round(transport["p10_ms"], 3),
+                               "p90": round(transport["p90_ms"], 3), "calls": transport["calls"]}
+        out["overhead_beyond_transport_ms"] = paired_difference_ms(
+            [a + b for a, b in zip(calls["in_process"], calls["transport"])], calls["ray"])
     out["by_threads"] = {
         str(threads_total): {
             f"w{world}": {layout: ratio(f"{world}|ray:bench-{layout}", f"{world}|torch:{threads_total}")
@@ -104,7 +115,7 @@ def _plot(report: dict, path: Path) -> None:
     rows = report["table"]
     workers = sorted({r["workers"] for r in rows})
     series = [v for v in dict.fromkeys(r["variant"] for r in rows)
-              if v not in ("floor", "pair_in_process", "pair_ray")]
+              if v not in ("floor", *(f"pair_{part}" for part in PAIR_PARTS))]
     width = 0.8 / len(series)
     fig, ax = plt.subplots(figsize=(9, 4.8))
     for i, variant in enumerate(series):
@@ -137,7 +148,7 @@ def summary_lines(report: dict) -> list[str]:
     lines.append(report["ratios"]["compared"])
     for key, value in report["ratios"].items():
         if isinstance(value, dict) and "value" in value:
-            unit = " ms" if key == "overhead_ms" else "x"
+            unit = " ms" if key.endswith("_ms") else "x"
             lines.append(f"{key:<24} {value['value']:.3f}{unit}  (p10 {value['p10']:.3f}, p90 {value['p90']:.3f})")
     for key, t in report["targets"].items():
         status = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")

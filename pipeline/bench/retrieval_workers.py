@@ -5,7 +5,9 @@ retrieves its own batch through the variant, and rank 0 reports its seconds per 
 
     floor          one read pass over the shard's vectors (a matrix-vector product over the memory map)
     in_process     the rank searches its batch itself (LocalRetriever, 1 FAISS thread)
-    pair:<group>   rank 0: in_process then the Ray call of the SAME batch, back to back (actor overhead)
+    pair:<group>   rank 0: in_process, the Ray call of the SAME batch, and Ray's transport alone, back to back:
+                   the actor overhead (Ray call - in_process) and how much of it is Ray's own round trip (a call
+                   to an `EchoActor` carrying the same queries and answering the same result, searching nothing)
     torch:<T>      the torch.distributed baseline, rank 0 searching every rank's batch with T threads
     ray:<group>    the Ray retrieval group `group`
 """
@@ -21,12 +23,24 @@ import ray
 from pipeline.config import RetrievalConfig
 
 
+@ray.remote(num_cpus=0.01, max_concurrency=16)
+class EchoActor:
+    """Answers every call with the result it was given: a call's round trip through Ray, without the search."""
+
+    def __init__(self, result):
+        self.result = result
+
+    def search(self, queries, k: int, version: str | None = None):
+        return self.result
+
+
 @ray.remote(num_cpus=1)
 class BenchmarkWorker:
     def __init__(self, rank: int, world: int, index_dir: str, batch: int, k: int, seed: int):
         self.rank, self.world, self.index_dir, self.k = rank, world, index_dir, k
         self.retrievers: dict = {}
         self.vectors = None
+        self.echo = None
         rng = np.random.default_rng(seed + 1000 * rank)
         self.batches = [rng.standard_normal((batch, self._dimension()), dtype=np.float32) for _ in range(16)]
         self.step = 0
@@ -60,6 +74,8 @@ class BenchmarkWorker:
             return
         if kind in ("in_process", "pair"):
             self.retrievers.setdefault("in_process", make_retriever("local", self.index_dir, RetrievalConfig(), 0))
+        if kind == "pair":
+            self.echo = EchoActor.remote(self.retrievers["in_process"].retrieve(self.batches[0], self.k))
         mode = {"torch": "torch", "ray": "ray", "pair": "ray"}.get(kind)
         if mode:
             self.retrievers[variant] = make_retriever(mode, self.index_dir, RetrievalConfig(**cfg), self.rank)
@@ -85,7 +101,10 @@ class BenchmarkWorker:
             return time.perf_counter() - started
         if kind == "pair":
             first = self._timed("in_process", queries)
-            return [first, self._timed(variant, queries)]
+            call = self._timed(variant, queries)
+            started = time.perf_counter()
+            ray.get(self.echo.search.remote(queries, self.k))
+            return [first, call, time.perf_counter() - started]
         return self._timed("in_process" if kind == "in_process" else variant, queries)
 
     def _timed(self, name: str, queries: np.ndarray) -> float:
@@ -100,6 +119,8 @@ class BenchmarkWorker:
         import torch.distributed as dist
 
         self.retrievers.clear()
+        if self.echo is not None:
+            ray.kill(self.echo)
         dist.destroy_process_group()
 
 

@@ -42,7 +42,7 @@ class ScaleBenchmarkSpec:
     compressed: str = option("IVF{nlist},PQ64x4fs", "Compressed index factory; {nlist} = a power of 2 near "
                                                    "2 x sqrt(vectors per shard).")
     graph: str = option("HNSW32", "Graph index factory (vectors stored in full).")
-    ivf_settings: str = option("16x1,32x10,32x50,64x50", "IVF search settings served, each nprobe x rerank_factor.")
+    ivf_settings: str = option("16x1,16x30,16x40,32x50", "IVF search settings served, each nprobe x rerank_factor.")
     hnsw_settings: str = option("32,64,128", "HNSW efSearch values served.")
     graph_max_count: int = option(100_000, "Largest N given a graph index (its build is the slowest).", ge=0)
     flat_max_count: int = option(1_000_000, "Largest N given an exact (Flat) index, at S = 1.", ge=0)

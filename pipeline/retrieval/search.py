@@ -101,17 +101,25 @@ def search_shard(index: faiss.Index, vectors: np.ndarray, start: int, queries: n
     fetch = min(k * params.rerank_factor, n)
     _, local = index.search(queries, fetch, params=faiss_parameters(index, params))
     found = local >= 0
-    candidates = _gather(vectors, np.where(found, local, 0))
-    scores = np.where(found, np.einsum("bd,bkd->bk", queries, candidates), -np.inf).astype(np.float32)
+    scores = _exact_scores(queries, vectors, local)
     order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
     local = np.take_along_axis(local, order, 1)
     scores = np.take_along_axis(scores, order, 1)
-    candidates = np.take_along_axis(candidates, order[:, :, None], 1)
     short = np.flatnonzero(found.sum(axis=1) < k)
     if len(short):
-        exact_scores, exact_local = faiss.knn(queries[short], vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
-        local[short], scores[short], candidates[short] = exact_local, exact_scores, _gather(vectors, exact_local)
-    return ShardHits(local + start, scores, candidates, len(short))
+        scores[short], local[short] = faiss.knn(queries[short], vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+    return ShardHits(local + start, scores, _gather(vectors, local), len(short))
+
+
+def _exact_scores(queries: np.ndarray, vectors: np.ndarray, local: np.ndarray) -> np.ndarray:
+    """float32[B, m] inner products of each question with its m candidate rows of `vectors` (-inf where the
+    candidate is -1), read in place: copying the B x m candidate rows out first costs more than scoring them."""
+    queries, vectors = np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32)
+    local = np.ascontiguousarray(local, dtype=np.int64)
+    scores = np.empty(local.shape, dtype=np.float32)
+    faiss.fvec_inner_products_by_idx(faiss.swig_ptr(scores), faiss.swig_ptr(queries), faiss.swig_ptr(vectors),
+                                     faiss.swig_ptr(local), queries.shape[1], local.shape[0], local.shape[1])
+    return scores
 
 
 def _gather(vectors: np.ndarray, local: np.ndarray) -> np.ndarray:

@@ -77,8 +77,9 @@ class ShardSearcher:
 class RowLookup:
     """Values of a memory-mapped ChunkedArray by row number, costing O(rows asked), not O(column length).
 
-    `ChunkedArray.take` costs time proportional to the whole column (ms per call at a million passages);
-    here each row is sent to its own chunk and only the asked rows are read.
+    `ChunkedArray.take` costs time proportional to the whole column (ms per call at a million passages), and
+    a `take` per chunk costs ~10 us per chunk touched; a call asks for tens of rows spread over the whole
+    shard, so each row is read on its own from its chunk (~3 us).
     """
 
     def __init__(self, column):
@@ -88,13 +89,7 @@ class RowLookup:
     def values(self, rows: np.ndarray) -> list:
         """Python values of `rows` (int[n], in order)."""
         chunk_of = np.searchsorted(self.starts, rows, side="right") - 1
-        out = [None] * len(rows)
-        for chunk in np.unique(chunk_of):
-            where = np.flatnonzero(chunk_of == chunk)
-            picked = self.chunks[chunk].take(rows[where] - self.starts[chunk]).to_pylist()
-            for position, value in zip(where, picked):
-                out[position] = value
-        return out
+        return [self.chunks[chunk][int(row - self.starts[chunk])].as_py() for chunk, row in zip(chunk_of, rows)]
 
 
 def _rows(values: list, k: int) -> list[list]:
