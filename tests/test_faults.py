@@ -58,7 +58,8 @@ def _train_in_background(cfg):
 
 
 def test_training_survives_a_killed_replica_which_restarts(tiny_demo, tmp_path):
-    cfg = _config(tiny_demo, tmp_path, "faulty", **{"retrieval.replicas": 2, "train.epochs": 6})
+    # The kill lands during epoch 1; two more epochs keep calling the replica that remains and the restarted one.
+    cfg = _config(tiny_demo, tmp_path, "faulty", **{"retrieval.replicas": 2, "train.epochs": 3})
     start_retrieval_group(cfg.index.directory, cfg.retrieval)
     try:
         victim = ray.get_actor(actor_name("faulty", 0, 0), namespace=TEST_NAMESPACE)
@@ -69,7 +70,7 @@ def test_training_survives_a_killed_replica_which_restarts(tiny_demo, tmp_path):
         thread.join(timeout=900)
         assert "error" not in outcome, outcome.get("error")
         history = outcome["result"].history
-        assert [h["epoch"] for h in history] == [1, 2, 3, 4, 5, 6]
+        assert [h["epoch"] for h in history] == [1, 2, 3]
         restarted = _wait_for(lambda: [m for m in group_status("faulty", TEST_NAMESPACE)
                                        if m.get("replica") == 0 and "pid" in m], 120, "replica 0 to restart")
         assert restarted[0]["pid"] != old_pid
@@ -85,8 +86,9 @@ def _train_worker_pids() -> list[int]:
 
 
 def test_killed_training_worker_resumes_from_the_latest_checkpoint(tiny_demo, tmp_path):
-    # Enough epochs that the run is still going when the kill lands just after the first checkpoint.
-    epochs = 10
+    # Enough epochs that the run is still going when the kill lands just after the second checkpoint: three
+    # more (tens of seconds), against the kill's fraction of a second.
+    epochs = 5
     cfg = _config(tiny_demo, tmp_path, "worker-fault", **{"train.epochs": epochs, "train.max_failures": 2})
     try:
         thread, outcome = _train_in_background(cfg)
