@@ -13,10 +13,9 @@ from pipeline.output import ray_init_kwargs, worker_runtime_env
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 # Ray passes results up to `max_direct_call_object_size` (100 KiB by default) inline with the reply and puts
-# larger ones in the object store, which costs a put and a fetch: ~3 ms per call on a 2-core machine
-# (docs/results.md). One retrieval result for 8 questions x 5 passages of 768-d vectors is 127 KB, so every call
-# took that path. Raised for the clusters this project starts (and in cluster.yaml); a value set in the
-# environment wins.
+# larger ones in the object store, which costs a put and a fetch on every call. One retrieval result for
+# 8 questions x 5 passages of 768-d vectors is 127 KB, so every call took that path. Raised for the clusters
+# this project starts (and in cluster.yaml); a value set in the environment wins.
 INLINE_RESULT_BYTES_ENV = "RAY_max_direct_call_object_size"
 INLINE_RESULT_BYTES = 1 << 20
 

@@ -103,8 +103,8 @@ def test_ratios_targets_and_report_files(tmp_path):
     assert met["ray_over_torch_w1"]["met"] is False and met["ray_over_torch_w4"]["met"] is True
 
     rows = table(cells)
-    assert {(r["workers"], r["variant"]) for r in rows} >= {(1, "pair_in_process"), (1, "pair_ray"), (1, "pair_transport"),
-                                                            (4, "torch:1")}
+    expected = {(1, "pair_in_process"), (1, "pair_ray"), (1, "pair_transport"), (4, "torch:1")}
+    assert {(r["workers"], r["variant"]) for r in rows} >= expected
     report = {"spec": {"count": 10, "dimension": 4, "factory": "Flat", "batch": 8, "k": 5},
               "machine": {"cores": 2}, "load_per_turn": [1.0, 2.0], "table": rows, "ratios": found,
               "targets": met}
