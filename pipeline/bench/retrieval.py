@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -119,11 +120,13 @@ def _interleaved(spec: RetrievalBenchmarkSpec, sets: dict, log) -> dict:
 
 def measure_exact_paths(index_dir: str, batches: list[int], calls: int = 5, k: int = 5, seed: int = 0) -> list[dict]:
     """In-process ms per exact search of one shard, interleaved call by call: FAISS's per-query scan, FAISS's
-    matrix-product path, and numpy (one matmul over the memory map + argpartition), 1 thread each.
+    matrix-product path, numpy (one OpenBLAS matmul over the memory map + argpartition) and torch (one MKL
+    matmul + topk), 1 thread each: whether another library's matrix product would be the faster search.
 
     Run in a fresh process with OPENBLAS_NUM_THREADS=1 for numpy to be single-threaded (the job does).
     """
     import faiss
+    import torch
 
     from pipeline.index.manifest import open_vectors, read_manifest, shard_file
 
@@ -131,6 +134,10 @@ def measure_exact_paths(index_dir: str, batches: list[int], calls: int = 5, k: i
     vectors = open_vectors(index_dir, manifest)
     index = faiss.read_index(f"{index_dir}/{shard_file(0)}", faiss.IO_FLAG_MMAP_IFC)
     faiss.omp_set_num_threads(1)
+    torch.set_num_threads(1)
+    with warnings.catch_warnings():  # torch warns that the map is read-only; nothing here writes to it
+        warnings.simplefilter("ignore", UserWarning)
+        shard = torch.from_numpy(np.asarray(vectors))
     rng = np.random.default_rng(seed)
     default_threshold = faiss.cvar.distance_compute_blas_threshold
     rows = []
@@ -138,7 +145,8 @@ def measure_exact_paths(index_dir: str, batches: list[int], calls: int = 5, k: i
         queries = rng.standard_normal((batch, manifest.dimension), dtype=np.float32)
         paths = {"faiss_scan": lambda: _faiss_with_threshold(index, queries, k, 1 << 30),
                  "faiss_product": lambda: _faiss_with_threshold(index, queries, k, 1),
-                 "numpy_product": lambda: np.argpartition(-(queries @ vectors.T), k, axis=1)[:, :k]}
+                 "numpy_product": lambda: np.argpartition(-(queries @ vectors.T), k, axis=1)[:, :k],
+                 "torch_product": lambda: torch.topk(torch.from_numpy(queries) @ shard.T, k, dim=1)}
         seconds = {name: [] for name in paths}
         for _ in range(calls):
             for name, path in paths.items():
