@@ -12,12 +12,20 @@ from pipeline.output import ray_init_kwargs, worker_runtime_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
-# Ray passes results up to `max_direct_call_object_size` (100 KiB by default) inline with the reply and puts
-# larger ones in the object store, which costs a put and a fetch on every call. One retrieval result for
-# 8 questions x 5 passages of 768-d vectors is 127 KB, so every call took that path. Raised for the clusters
-# this project starts (and in cluster.yaml); a value set in the environment wins.
 INLINE_RESULT_BYTES_ENV = "RAY_max_direct_call_object_size"
 INLINE_RESULT_BYTES = 1 << 20
+
+
+def pass_results_inline() -> None:
+    """Let the local cluster started next pass results up to 1 MiB inline (call before `ray.init` starts it).
+
+    Ray passes results up to `max_direct_call_object_size` (100 KiB by default) inline with the reply and puts
+    larger ones in the object store, which costs a put and a fetch on every call. One retrieval result for
+    8 questions x 5 passages of 768-d vectors is 127 KB, so every call took that path. Raised for the clusters
+    this project starts (and in cluster.yaml); a value set in the environment wins. The cluster's processes
+    read it from the environment they inherit.
+    """
+    os.environ.setdefault(INLINE_RESULT_BYTES_ENV, str(INLINE_RESULT_BYTES))
 
 
 def _submitted_job_runtime_env() -> dict:
@@ -53,7 +61,7 @@ def connect_ray(num_cpus: int | None = None) -> None:
         runtime_env["env_vars"]["PYTHONPATH"] = python_path
         # Ray's CPUs are scheduling slots, not cores: the demo's trainers, retrieval actor and Ray Data tasks
         # need more slots than a laptop has cores, and they do share the cores well (each uses one thread).
-        os.environ.setdefault(INLINE_RESULT_BYTES_ENV, str(INLINE_RESULT_BYTES))  # read by the cluster's processes
+        pass_results_inline()
         kwargs.update(include_dashboard=True, num_cpus=num_cpus or max(4, os.cpu_count() or 1),
                       runtime_env=runtime_env)
     ray.init(**kwargs)

@@ -33,10 +33,9 @@ def write_corpus(path, documents: int = 40, seed: int = 0) -> list[dict]:
 def ray_cluster():
     import ray
 
-    from pipeline.ray_session import INLINE_RESULT_BYTES, INLINE_RESULT_BYTES_ENV
+    from pipeline.ray_session import pass_results_inline
 
-    # The clusters the jobs start pass retrieval results inline; the tests' cluster does the same.
-    os.environ.setdefault(INLINE_RESULT_BYTES_ENV, str(INLINE_RESULT_BYTES))
+    pass_results_inline()  # like the clusters the jobs start
     # address="local": never join a cluster someone else started on this machine with `ray start`.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=TEST_NAMESPACE)
     yield ray

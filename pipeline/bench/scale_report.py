@@ -24,16 +24,18 @@ def best_rows(rows: list[dict]) -> list[dict]:
 
 def compressed_target(rows: list[dict], count: int = 1_000_000, recall: float = 0.95, ms: float = 10.0) -> dict:
     """The issue's target for a compressed index at `count` passages, 1 shard: the fastest setting reaching
-    `recall`@10 vs exact, and whether it answers within `ms` per call (p50)."""
+    `recall`@10 vs exact, and whether it answers within `ms` per call (p50). `met` is None when `count` was
+    not measured, False when no setting reached `recall`."""
+    target = f"{count:,} passages, recall@10 >= {recall} at <= {ms} ms per call (p50), 1 shard"
     reaching = [r for r in rows if r["count"] == count and r["shards"] == 1 and kind(r["factory"]) == "IVF-PQ"
                 and r["recall_at_10"] >= recall]
-    found = min(reaching, key=lambda r: r["p50_ms"], default=None)
-    return {"target": f"{count:,} passages, recall@10 >= {recall} at <= {ms} ms per call (p50), 1 shard",
-            "setting": None if found is None else {key: found.get(key) for key in ("factory", "nprobe",
-                                                                                  "rerank_factor")},
-            "p50_ms": None if found is None else found["p50_ms"],
-            "recall_at_10": None if found is None else found["recall_at_10"],
-            "met": None if not any(r["count"] == count for r in rows) else found is not None and found["p50_ms"] <= ms}
+    if not reaching:
+        measured = any(r["count"] == count for r in rows)
+        return {"target": target, "setting": None, "p50_ms": None, "recall_at_10": None,
+                "met": False if measured else None}
+    found = min(reaching, key=lambda r: r["p50_ms"])
+    return {"target": target, "setting": {key: found.get(key) for key in ("factory", "nprobe", "rerank_factor")},
+            "p50_ms": found["p50_ms"], "recall_at_10": found["recall_at_10"], "met": found["p50_ms"] <= ms}
 
 
 def plot_scale(report: dict, path: Path) -> None:
