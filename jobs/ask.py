@@ -8,6 +8,7 @@ from pathlib import Path
 
 from pipeline.config import build_parser, parse_config
 from pipeline.errors import run_job
+from pipeline.index.settings import IndexSettings
 from pipeline.model.rag import load_rag_model
 from pipeline.model.rag_with_retrieval import RagWithRetrieval
 from pipeline.retrieval.factory import open_retriever
@@ -18,8 +19,8 @@ def main(argv=None) -> int:
     parser.add_argument("question", help="The question to answer.")
     parser.add_argument("--model", help="Saved model directory (default: <train.output_dir>/model).")
     config, args = parse_config(argv, __doc__, parser=parser)
-    rag = RagWithRetrieval(load_rag_model(args.model or Path(config.train.output_dir) / "model"),
-                           open_retriever(config), config.model)
+    rag = RagWithRetrieval.for_run(load_rag_model(args.model or Path(config.train.output_dir) / "model"),
+                                   open_retriever(config), config, IndexSettings.read(config.index.directory))
     answers, hits = rag.answer([args.question])
     print(f"answer: {answers[0]}")
     for rank, (title, text, score) in enumerate(zip(hits.titles[0], hits.texts[0], hits.scores[0]), start=1):

@@ -16,7 +16,6 @@ from pathlib import Path
 from pipeline.config import apply_overrides, build_parser, parse_config
 from pipeline.demo.defaults import fill_demo_defaults, training_needs
 from pipeline.errors import run_job
-from pipeline.index.manifest import read_manifest
 from pipeline.model.rag import build_rag_model, save_rag_model
 from pipeline.ray_session import connect_ray
 from pipeline.retrieval.factory import make_retriever
@@ -32,16 +31,16 @@ def main(argv=None) -> int:
     begun = time.perf_counter()
     fill_demo_defaults(config, needs=training_needs(config) + ("data.test",))  # scores the test split too
     connect_ray()
-    prepare_run(config)  # demo data, index and retrieval group, shared by both runs
+    index = prepare_run(config).index  # demo data, index and retrieval group, shared by both runs
     test = load_qa_examples(config.data.test, config.data)
-    manifest = read_manifest(config.index.directory)
     retriever = make_retriever("ray", config.index.directory, config.retrieval, rank=0)
-    before = retrieval_metrics(manifest.encoder, manifest.pooling, config.model.max_question_length, test,
+    before = retrieval_metrics(index.encoder, index.pooling, config.model.max_question_length, test,
                                retriever, config.model.n_docs)
     # The same RAG model as training starts from (pretrained question encoder, the generator as given).
     untrained_dir = runs_dir(config) / "before_finetuning"
-    save_rag_model(build_rag_model(config.model.question_encoder, config.model.generator, config.model.model_type,
-                                   manifest.pooling, config.model.label_smoothing, config.model.dropout),
+    save_rag_model(build_rag_model(index.question_encoder(config.model.question_encoder), config.model.generator,
+                                   config.model.model_type, index.pooling, config.model.label_smoothing,
+                                   config.model.dropout),
                    untrained_dir)
     untrained, _ = evaluate_model(str(untrained_dir), test, retriever, config)
     print(f"[benchmark_demo] before fine-tuning: test EM {untrained['exact_match']:.3f}", flush=True)
@@ -56,7 +55,7 @@ def main(argv=None) -> int:
         runs[name] = {"train_wall_s": round(train_s, 1), "test": metrics, "history": result.history}
         print(f"[benchmark_demo] {name}: test EM {metrics['exact_match']:.3f} in {train_s:.0f}s", flush=True)
     after = retrieval_metrics(str(runs_dir(config) / "with_retrieval" / "model" / "question_encoder"),
-                              manifest.pooling, config.model.max_question_length, test, retriever, config.model.n_docs)
+                              index.pooling, config.model.max_question_length, test, retriever, config.model.n_docs)
     em_with = runs["with_retrieval"]["test"]["exact_match"]
     em_random = runs["random_passages"]["test"]["exact_match"]
     report = {

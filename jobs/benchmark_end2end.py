@@ -16,11 +16,23 @@ import sys
 import time
 from pathlib import Path
 
-from pipeline.bench.end2end import RUNS, compare_runs, machine_load, run_one, write_report
+from pipeline.bench.end2end import (
+    RUNS,
+    compare_runs,
+    machine_load,
+    run_one,
+    write_report,
+)
 from pipeline.config import build_parser, parse_config
+from pipeline.demo.end2end_data import ensure_end2end_data
 from pipeline.errors import ConfigError, run_job
+from pipeline.index.build import build_index
+from pipeline.index.manifest import read_manifest
 from pipeline.progress import say
 from pipeline.ray_session import connect_ray
+from pipeline.retrieval.factory import make_retriever
+from pipeline.train.evaluation import retrieval_metrics
+from pipeline.train.qa_data import load_qa_examples
 
 DEFAULT_CONFIG = "configs/end2end_benchmark.yaml"
 
@@ -65,13 +77,6 @@ def main(argv=None) -> int:
 def prepare(config, data_dir: str):
     """Generate the data (if missing), fill the config's empty paths from it, build the base index fresh,
     and measure the pretrained encoders' test recall@1 on it (in-process: no group needed)."""
-    from pipeline.demo.end2end_data import ensure_end2end_data
-    from pipeline.index.build import build_index
-    from pipeline.index.manifest import read_manifest
-    from pipeline.retrieval.factory import make_retriever
-    from pipeline.train.evaluation import retrieval_metrics
-    from pipeline.train.qa_data import load_qa_examples
-
     paths = ensure_end2end_data(data_dir)
     config.knowledge_base.documents = config.knowledge_base.documents or str(paths.documents.resolve())
     for split in ("train", "dev", "test"):

@@ -25,9 +25,12 @@ from pipeline.bench.synthetic import write_synthetic_index
 from pipeline.bench.timing import load_average, machine_info
 from pipeline.config import RetrievalConfig
 from pipeline.errors import run_job
+from pipeline.index.versions import begin_version, publish_version
 from pipeline.options import option
 from pipeline.ray_session import connect_ray
-from pipeline.retrieval.group import actor_name, list_members, start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group_record import actor_name, list_members
+from pipeline.retrieval.rollout import roll_group_forward
 
 GROUP, NAMESPACE = "memory-bench", "rag-benchmarks"
 
@@ -71,9 +74,6 @@ def measure(index_dir: str, replicas: int, calls: int) -> dict:
 def measure_trial_group(index_dir: str, calls: int, dimension: int, count: int, factory: str,
                         passage_words: int) -> dict:
     """PSS of a trial's own 1-replica group: on the version the shared group serves, then on its own version."""
-    from pipeline.index.versions import begin_version, publish_version
-    from pipeline.retrieval.rollout import roll_group_forward
-
     shared = RetrievalConfig(group=GROUP, namespace=NAMESPACE, actor_num_cpus=0.01)
     trial = RetrievalConfig(group=f"{GROUP}.trial", namespace=NAMESPACE, actor_num_cpus=0.01)
     rng = np.random.default_rng(1)

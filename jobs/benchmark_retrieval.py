@@ -19,7 +19,13 @@ import ray
 
 from pipeline.bench.cli import parse_spec
 from pipeline.bench.retrieval import RetrievalBenchmarkSpec, run_benchmark
-from pipeline.bench.retrieval_report import ratios, summary_lines, table, targets, write_report
+from pipeline.bench.retrieval_report import (
+    ratios,
+    summary_lines,
+    table,
+    targets,
+    write_report,
+)
 from pipeline.bench.synthetic import write_synthetic_index
 from pipeline.bench.timing import load_average, machine_info
 from pipeline.errors import run_job

@@ -29,7 +29,7 @@ from pipeline.bench.scale import (
     serve_and_measure,
     settings_for,
 )
-from pipeline.bench.scale_report import compressed_target
+from pipeline.bench.scale_report import compressed_target, plot_scale
 from pipeline.bench.synthetic import write_synthetic_corpus
 from pipeline.bench.timing import load_average, machine_info
 from pipeline.errors import run_job
@@ -90,7 +90,6 @@ def main(argv=None) -> int:
     out = Path(spec.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale_benchmark.json").write_text(json.dumps(report, indent=2))
-    from pipeline.bench.scale_report import plot_scale
 
     plot_scale(report, out / "scale_benchmark.png")
     target = report["target"]

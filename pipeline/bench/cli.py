@@ -13,8 +13,8 @@ import dataclasses
 import json
 import typing
 
-from pipeline.options import bounds_text, coerce
 from pipeline.errors import ConfigError
+from pipeline.options import bounds_text, coerce
 
 
 def spec_parser(spec_cls: type, description: str) -> argparse.ArgumentParser:

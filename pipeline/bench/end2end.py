@@ -20,6 +20,10 @@ from pathlib import Path
 
 from pipeline.bench.report_files import write_report_files
 from pipeline.config import RunConfig, apply_overrides
+from pipeline.retrieval.factory import make_retriever
+from pipeline.retrieval.group import stop_retrieval_group
+from pipeline.train.evaluation import evaluate_model
+from pipeline.train.finetune import run_finetune
 
 RUNS = {
     "question_only": {"model.train_context_encoder": False, "refresh.every_steps": 0},
@@ -41,11 +45,6 @@ def run_config(base: RunConfig, name: str, out: Path) -> RunConfig:
 
 def run_one(base: RunConfig, name: str, out: Path, test: list) -> dict:
     """Train run `name` on a copy of the base index location, score its model on `test`, stop its group."""
-    from pipeline.retrieval.factory import make_retriever
-    from pipeline.retrieval.group import stop_retrieval_group
-    from pipeline.train.evaluation import evaluate_model
-    from pipeline.train.finetune import run_finetune
-
     cfg = run_config(base, name, out)
     shutil.rmtree(out / name, ignore_errors=True)
     shutil.copytree(base.index.directory, cfg.index.directory)  # refreshes add versions to the run's own copy

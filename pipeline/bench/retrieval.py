@@ -20,8 +20,13 @@ import ray
 from pipeline.bench.retrieval_workers import WorkerSet
 from pipeline.bench.timing import load_average
 from pipeline.config import RetrievalConfig
+from pipeline.index.manifest import open_vectors, read_manifest, shard_file
 from pipeline.options import option
-from pipeline.retrieval.group import group_status, start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group import (
+    group_status,
+    start_retrieval_group,
+    stop_retrieval_group,
+)
 
 
 @dataclass
@@ -127,8 +132,6 @@ def measure_exact_paths(index_dir: str, batches: list[int], calls: int = 5, k: i
     """
     import faiss
     import torch
-
-    from pipeline.index.manifest import open_vectors, read_manifest, shard_file
 
     manifest = read_manifest(index_dir)
     vectors = open_vectors(index_dir, manifest)

@@ -21,6 +21,8 @@ import numpy as np
 import ray
 
 from pipeline.config import RetrievalConfig
+from pipeline.index.manifest import open_vectors, read_manifest
+from pipeline.retrieval.factory import make_retriever
 
 
 @ray.remote(num_cpus=0.01, max_concurrency=16)
@@ -46,7 +48,6 @@ class BenchmarkWorker:
         self.step = 0
 
     def _dimension(self) -> int:
-        from pipeline.index.manifest import read_manifest
 
         return read_manifest(self.index_dir).dimension
 
@@ -65,9 +66,6 @@ class BenchmarkWorker:
 
     def prepare(self, variant: str, cfg: dict) -> None:
         """Build what `variant` needs (collective for torch: every rank calls this together)."""
-        from pipeline.index.manifest import open_vectors, read_manifest
-        from pipeline.retrieval.factory import make_retriever
-
         kind, _, _ = variant.partition(":")
         if kind == "floor":
             self.vectors = open_vectors(self.index_dir, read_manifest(self.index_dir))

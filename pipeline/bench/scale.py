@@ -21,7 +21,6 @@ import ray
 from pipeline.bench.synthetic import synthetic_vectors
 from pipeline.bench.timing import percentiles
 from pipeline.config import RetrievalConfig
-from pipeline.options import option
 from pipeline.index.build import build_shards
 from pipeline.index.manifest import (
     PASSAGES,
@@ -30,6 +29,9 @@ from pipeline.index.manifest import (
     even_shard_offsets,
     shard_file,
 )
+from pipeline.options import option
+from pipeline.retrieval.client import RetrievalClient
+from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
 
 GROUP, NAMESPACE = "scale-bench", "rag-benchmarks"
 
@@ -117,9 +119,6 @@ def serve_and_measure(index_dir: str, shards: int, settings: dict, questions: np
                       batch: int) -> dict:
     """Start S shards x 1 replica with `settings`, ask every question in calls of `batch`; ms per call,
     recall@10 vs exact, and each actor's memory after the calls."""
-    from pipeline.retrieval.client import RetrievalClient
-    from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
-
     cfg = RetrievalConfig(group=GROUP, namespace=NAMESPACE, actor_num_cpus=0.01, call_timeout_s=600, **settings)
     members = start_retrieval_group(index_dir, cfg)
     try:

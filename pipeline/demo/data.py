@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.demo.generated import DemoPaths, WordMaker, ensure_generated, write_jsonl
-from pipeline.demo.generator import READING_STEPS
+from pipeline.demo.generator import READING_STEPS, ReadingExample, build_generator
 
 DEMO_DIR = "runs/demo/data"
 
@@ -259,8 +259,6 @@ def build_splits(facts: list[Fact], seed: int = 0) -> dict[str, list[dict]]:
 def shadow_reading_examples(seed: int, worlds: int = READING_WORLDS) -> list:
     """Every fact of `worlds` shadow worlds as a ReadingExample (the passage stating it, a question, the
     answer): what the demo generator practises reading on, drawn independently of the real world."""
-    from pipeline.demo.generator import ReadingExample
-
     examples = []
     for shadow in range(1, worlds + 1):
         documents, facts = build_knowledge_base(seed, shadow=shadow)
@@ -275,10 +273,6 @@ def shadow_reading_examples(seed: int, worlds: int = READING_WORLDS) -> list:
 
 
 def _generate(paths: DemoPaths, seed: int, reading_steps: int) -> None:
-    from pipeline.demo.generator import (
-        build_generator,  # torch/transformers only when generating
-    )
-
     documents, facts = build_knowledge_base(seed)
     splits = build_splits(_unique_evidence(documents, facts), seed)
     write_jsonl(paths.documents, documents)

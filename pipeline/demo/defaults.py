@@ -12,6 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import IndexConfig, RunConfig
+from pipeline.demo.data import DEMO_DIR, DemoPaths, ensure_demo_data
 from pipeline.errors import ConfigError
 
 DATA_KEYS = ("knowledge_base.documents", "data.train", "data.dev", "data.test", "model.generator")
@@ -46,8 +47,6 @@ def training_needs(config: RunConfig) -> tuple[str, ...]:
 
 def _is_demo_file(path: str) -> bool:
     """Whether `path` is the demo's documents file (a demo run's config, filled once already)."""
-    from pipeline.demo.data import DEMO_DIR, DemoPaths
-
     return Path(path).resolve() == DemoPaths.at(DEMO_DIR).documents.resolve()
 
 
@@ -57,8 +56,6 @@ def fill_demo_defaults(config: RunConfig, needs: tuple[str, ...] | None = None) 
     keys. A run that names its own documents but keeps the demo's index directory is refused too: a demo
     index already there would be served in place of an index of those documents."""
     if is_demo_run(config):
-        from pipeline.demo.data import ensure_demo_data
-
         demo = ensure_demo_data()
         config.knowledge_base.documents = str(demo.documents)
         config.model.generator = str(demo.generator)

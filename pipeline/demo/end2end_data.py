@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.demo.generated import DemoPaths, WordMaker, ensure_generated, write_jsonl
+from pipeline.demo.generator import READING_BATCH, ReadingExample, build_generator
 
 END2END_DIR = "runs/end2end/data"
 END2END_VERSION = 1  # bump when the generated content changes, so data made by older code is replaced
@@ -124,8 +125,6 @@ def ledger_reading_examples(seed: int, steps: int, num_pairs: int = NUM_PAIRS, n
                             batch: int | None = None) -> list:
     """Enough shadow-ledger ReadingExamples (record, question, year) for `steps` batches (of the generator's
     reading batch unless given) without repeats."""
-    from pipeline.demo.generator import READING_BATCH, ReadingExample
-
     batch = batch or READING_BATCH
     examples: list = []
     shadow = 0
@@ -139,8 +138,6 @@ def ledger_reading_examples(seed: int, steps: int, num_pairs: int = NUM_PAIRS, n
 
 
 def _generate(paths: DemoPaths, seed: int, num_pairs: int, num_players: int, reading_steps: int) -> None:
-    from pipeline.demo.generator import build_generator  # torch/transformers only when generating
-
     documents, matches = build_ledger(seed, num_pairs, num_players)
     splits = build_ledger_splits(matches, seed)
     write_jsonl(paths.documents, documents)

@@ -33,6 +33,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.model.contexts import format_contexts
+
 VOCAB_SIZE = 6000
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
@@ -122,8 +124,6 @@ def practise_reading(model, tokenizer, examples: list[ReadingExample], seed: int
     import random
 
     import torch
-
-    from pipeline.model.contexts import format_contexts
 
     rng = random.Random(seed)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr)

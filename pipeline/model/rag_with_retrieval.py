@@ -15,15 +15,20 @@ communicates.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 
-from pipeline.config import ModelConfig
-from pipeline.model.encoders import encode, passage_text, pool
+if TYPE_CHECKING:  # the model side reads the index's settings, never the index itself
+    from pipeline.index.settings import IndexSettings
+
+from pipeline.config import ModelConfig, RunConfig
 from pipeline.model.contexts import tokenize_contexts
-from pipeline.model.rag import RagParts, generate_answers, rag_loss
+from pipeline.model.encoders import encode, passage_text, pool
+from pipeline.model.parts import RagParts
+from pipeline.model.rag import generate_answers, rag_loss
 from pipeline.retrieval.result import RetrievalResult, take_columns
 
 
@@ -45,6 +50,14 @@ class RagWithRetrieval(nn.Module):
         self.failed_calls = 0
         # The ablation's random passages come from random query directions, drawn per process.
         self._random = np.random.default_rng(seed)
+
+    @classmethod
+    def for_run(cls, parts: RagParts, retriever, cfg: RunConfig, index: IndexSettings,
+                seed: int = 0) -> "RagWithRetrieval":
+        """The one way the training step, evaluation and `ask` join a model to a retriever: the run's model
+        options and rerank depth, the index's passage length (passages re-encoded as the index encoded them)."""
+        return cls(parts, retriever, cfg.model, passage_max_length=index.max_length,
+                   rerank_depth=cfg.retrieval.rerank_depth, seed=seed)
 
     @property
     def device(self) -> torch.device:

@@ -22,7 +22,8 @@ import numpy as np
 import ray
 
 from pipeline.errors import RetrievalError, unwrap_pipeline_error
-from pipeline.retrieval.group import VersionUnavailable, list_members
+from pipeline.retrieval.group import VersionUnavailable
+from pipeline.retrieval.group_record import list_members, read_group_record
 from pipeline.retrieval.result import RetrievalResult, merge_results
 
 _VERSION_ATTEMPTS = 20
@@ -38,7 +39,8 @@ _FAILOVER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailabl
 
 
 class RetrievalClient:
-    """Connects by name to a running retrieval group; `retrieve` follows the DESIGN.md call contract."""
+    """Connects by name to a running retrieval group; `retrieve` keeps the retrieval call contract
+    (docs/architecture.md)."""
 
     def __init__(self, group: str, namespace: str, timeout_s: float = 60.0, offset: int | None = None,
                  version_check_s: float = 1.0):
@@ -62,7 +64,6 @@ class RetrievalClient:
         info = self._call_shard(0, lambda h: h.describe.remote())
         self.dimension, self.count = info["dimension"], info["count"]
         self.version, self._version_checked = info["index_dir"], time.monotonic()
-        self.last_call_s = 0.0
         self.version_changes = 0  # how often calls moved to a newer version
 
     def retrieve(self, vectors: np.ndarray, k: int) -> RetrievalResult:
@@ -74,7 +75,6 @@ class RetrievalClient:
             )
         if not 1 <= k <= self.count:
             raise RetrievalError(f"k={k} but group {self.group!r} holds {self.count} passages")
-        started = time.perf_counter()
         self._follow_group(force=False)
         # One put shared by all shards: the array crosses into the object store once, not once per shard.
         ref = ray.put(vectors) if self.num_shards > 1 else vectors
@@ -94,14 +94,11 @@ class RetrievalClient:
                                  f"{_VERSION_ATTEMPTS} attempts (serving {self.version})")
         self._turn += 1
         result = merge_results(parts, k)
-        self.last_call_s = time.perf_counter() - started
         return result
 
     def _follow_group(self, force: bool) -> bool:
         """Take the version the group record names (at most every version_check_s unless `force`); returns
         whether the version changed."""
-        from pipeline.retrieval.rollout import read_group_record
-
         if not force and time.monotonic() - self._version_checked < self.version_check_s:
             return False
         self._version_checked = time.monotonic()
@@ -146,3 +143,11 @@ class RetrievalClient:
         raise RetrievalError(
             f"retrieval group {self.group!r}: no replica of shard {shard} answers ({'; '.join(errors)})"
         )
+
+
+def open_group_client(index_dir: str, cfg, rank: int) -> RetrievalClient:
+    """Retrieval mode `ray` (pipeline/retrieval/modes.py): a client of the running group `cfg.group`. The driver
+    started the group on `index_dir`; `rank` offsets the replica rotation, so concurrent trainers start on
+    different replicas instead of all on replica 0."""
+    return RetrievalClient(cfg.group, cfg.namespace, timeout_s=cfg.call_timeout_s, offset=rank,
+                           version_check_s=cfg.version_check_s)

@@ -3,45 +3,27 @@
     retriever = make_retriever(cfg.retrieval.mode, cfg.index.directory, cfg.retrieval, rank)
     hits = retriever.retrieve(question_vectors, k)   # float32[B, d] -> RetrievalResult
 
-Each retriever has `.retrieve(vectors, k)`, `.dimension`, `.count` and `.last_call_s`.
-The torch mode's `retrieve` is a collective: every rank must call it on every step.
+Each retriever has `.retrieve(vectors, k)`, `.dimension` and `.count`; the modes are listed in
+pipeline/retrieval/modes.py. The torch mode's `retrieve` is a collective: every rank must call it on every step.
 """
 
 from __future__ import annotations
 
 from pipeline.config import RetrievalConfig
-from pipeline.errors import ConfigError
-from pipeline.retrieval.search import SearchParams
-
-MODES = ("ray", "torch", "local")
+from pipeline.ray_session import connect_ray
+from pipeline.retrieval.group import start_retrieval_group
+from pipeline.retrieval.modes import open_mode_retriever, retrieval_mode
 
 
 def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int):
-    """RetrievalClient ('ray': the running group cfg.group), TorchDistributedRetriever ('torch') or LocalRetriever."""
-    if mode == "ray":
-        from pipeline.retrieval.client import RetrievalClient
-
-        # offset=rank: concurrent trainers start on different replicas instead of all on replica 0.
-        return RetrievalClient(cfg.group, cfg.namespace, timeout_s=cfg.call_timeout_s, offset=rank,
-                               version_check_s=cfg.version_check_s)
-    if mode == "torch":
-        from pipeline.retrieval.torch_distributed import TorchDistributedRetriever
-
-        return TorchDistributedRetriever(index_dir, cfg.faiss_threads, params=SearchParams.from_config(cfg))
-    if mode == "local":
-        from pipeline.retrieval.local import LocalRetriever
-
-        return LocalRetriever(index_dir, faiss_threads=cfg.faiss_threads, params=SearchParams.from_config(cfg))
-    raise ConfigError(f"retrieval.mode: {mode!r} is not one of {', '.join(MODES)}")
+    """The retriever of `mode` (pipeline/retrieval/modes.py) for the worker of rank `rank`."""
+    return open_mode_retriever(mode, index_dir, cfg, rank)
 
 
 def open_retriever(config):
     """The retriever for a single-process job: the Ray group (started if missing) or the index in-process."""
-    if config.retrieval.mode == "ray":
-        from pipeline.ray_session import connect_ray
-        from pipeline.retrieval.group import start_retrieval_group
-
+    if retrieval_mode(config.retrieval.mode).uses_group:
         connect_ray()
         start_retrieval_group(config.index.directory, config.retrieval)
-        return make_retriever("ray", config.index.directory, config.retrieval, rank=0)
+        return make_retriever(config.retrieval.mode, config.index.directory, config.retrieval, rank=0)
     return make_retriever("local", config.index.directory, config.retrieval, rank=0)

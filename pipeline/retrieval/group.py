@@ -9,31 +9,33 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
 import ray
 
 from pipeline.config import RetrievalConfig
-from pipeline.options import check_section
 from pipeline.errors import RetrievalError, unwrap_pipeline_error
 from pipeline.index.manifest import read_manifest
+from pipeline.index.search import SearchParams
 from pipeline.index.versions import resolve_version
-from pipeline.retrieval.search import SearchParams
+from pipeline.options import check_section
+from pipeline.retrieval.coalesce import Coalescer
+from pipeline.retrieval.group_record import (
+    actor_name,
+    delete_group_record,
+    list_members,
+    served_version,
+    write_group_record,
+)
+from pipeline.retrieval.rollout import roll_group_forward
 from pipeline.retrieval.shard import ShardSearcher
+
 
 class VersionUnavailable(RetrievalError):
     """A call named an index version this replica does not hold (dropped after a roll-forward, or not loaded
     yet after a restart); the client moves to the version the group serves and asks again."""
-
-
-_NAME = re.compile(r"^(?P<group>.+)\.shard(?P<shard>\d+)\.replica(?P<replica>\d+)$")
-
-
-def actor_name(group: str, shard: int, replica: int) -> str:
-    return f"{group}.shard{shard}.replica{replica}"
 
 
 @ray.remote
@@ -48,9 +50,6 @@ class RetrievalActor:
     """
 
     def __init__(self, index_dir: str, shard: int, replica: int, cfg: dict):
-        from pipeline.retrieval.coalesce import Coalescer
-        from pipeline.retrieval.rollout import served_version
-
         started = time.perf_counter()
         self.cfg = RetrievalConfig(**cfg)
         self.shard, self.replica = shard, replica
@@ -113,8 +112,6 @@ class RetrievalActor:
 
     def describe(self) -> dict:
         """Where this actor runs, what it serves and how (for status, clients and tests)."""
-        import psutil
-
         searcher = self.versions[self.active]
         manifest = searcher.manifest
         coalescer = self.coalescer
@@ -132,25 +129,6 @@ class RetrievalActor:
         }
 
 
-@dataclass
-class GroupMember:
-    shard: int
-    replica: int
-    name: str
-
-
-def list_members(group: str, namespace: str) -> list[GroupMember]:
-    """Named actors of `group` in `namespace` that Ray knows about (alive or restarting)."""
-    members = []
-    for entry in ray.util.list_named_actors(all_namespaces=True):
-        if entry["namespace"] != namespace:
-            continue
-        match = _NAME.match(entry["name"])
-        if match and match["group"] == group:
-            members.append(GroupMember(int(match["shard"]), int(match["replica"]), entry["name"]))
-    return sorted(members, key=lambda m: (m.shard, m.replica))
-
-
 def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s: float = 600.0) -> list[dict]:
     """Start the group `cfg.group` on `index_dir` (a location: its CURRENT version; or a version directory), or
     reuse it if it runs. A running group on another version of the same location is rolled forward to it
@@ -158,8 +136,6 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
 
     Needs a connected Ray. Blocks until every actor has loaded its shard; returns member descriptions.
     """
-    from pipeline.retrieval.rollout import roll_group_forward, served_version, write_group_record
-
     check_section(cfg, "retrieval")
     version = resolve_version(index_dir)
     manifest = read_manifest(version.directory)
@@ -229,7 +205,5 @@ def stop_retrieval_group(group: str, namespace: str) -> int:
     deadline = time.monotonic() + 30
     while list_members(group, namespace) and time.monotonic() < deadline:
         time.sleep(0.1)
-    from pipeline.retrieval.rollout import delete_group_record
-
     delete_group_record(group, namespace)
     return len(members)

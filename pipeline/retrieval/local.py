@@ -8,8 +8,8 @@ import numpy as np
 
 from pipeline.errors import RetrievalError
 from pipeline.index.manifest import read_manifest
+from pipeline.index.search import SearchParams
 from pipeline.retrieval.result import RetrievalResult, merge_results
-from pipeline.retrieval.search import SearchParams
 from pipeline.retrieval.shard import ShardSearcher
 
 
@@ -20,10 +20,14 @@ class LocalRetriever:
         manifest = read_manifest(index_dir)
         self.shards = [ShardSearcher(index_dir, s, faiss_threads, params) for s in range(manifest.num_shards)]
         self.dimension, self.count = manifest.dimension, manifest.count
-        self.last_call_s = 0.0
 
     def retrieve(self, vectors: np.ndarray, k: int) -> RetrievalResult:
         """Top-k passages for float32[B, d] question vectors."""
         if not 1 <= k <= self.count:
             raise RetrievalError(f"k={k} but the index holds {self.count} passages")
         return merge_results([s.search(vectors, k) for s in self.shards], k)
+
+
+def open_local_retriever(index_dir: str, cfg, rank: int) -> LocalRetriever:
+    """Retrieval mode `local` (pipeline/retrieval/modes.py): every shard of `index_dir` in this process."""
+    return LocalRetriever(index_dir, faiss_threads=cfg.faiss_threads, params=SearchParams.from_config(cfg))

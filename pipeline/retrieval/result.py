@@ -19,7 +19,7 @@ class RetrievalResult:
 
     Every slot holds a real passage: there is no padding id. Approximate indexes (IVF, HNSW) can leave FAISS
     slots empty (-1); a shard drops those and answers a question it cannot fill with k candidates by an exact
-    search of that shard (see `pipeline/retrieval/search.py`), so a shard returns min(k, its size) passages
+    search of that shard (see `pipeline/index/search.py`), so a shard returns min(k, its size) passages
     per question and the merge over shards exactly k whenever the index holds >= k passages. Asking for more
     than the index holds is refused by the callers (`RetrievalError`), never padded.
     """

@@ -7,76 +7,24 @@
          version it asked for: every call is answered wholly by one version, across all shards)
       4. replicas drop all but the new and the previous version; versions no group holds leave the disk
 
-The group record lives in Ray's internal key-value store (in the GCS, so it lives as long as the cluster, like
-the detached actors it describes): {"active": version directory, "held": [version directories]}. Directories,
-not names, because a group may move between locations (a Tune trial starts on the shared index and refreshes
-into its own location). Nothing here imports torch.
+The group record (pipeline/retrieval/group_record.py) names the served version. Nothing here imports torch.
 """
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import ray
 
 from pipeline.errors import RetrievalError
-from pipeline.index.versions import IndexVersion, remove_versions, resolve_version
-
-_KV_NAMESPACE = "rag-retrieval-groups"
-
-
-def _key(group: str, namespace: str) -> bytes:
-    return f"{namespace}/{group}".encode()
-
-
-def write_group_record(group: str, namespace: str, active: IndexVersion, held: list[IndexVersion]) -> None:
-    """Record which version the group serves (and which it still holds) for restarts and pruning."""
-    from ray.experimental.internal_kv import _internal_kv_put
-
-    record = {"active": str(active.directory),
-              "held": sorted({str(v.directory) for v in held} | {str(active.directory)})}
-    _internal_kv_put(_key(group, namespace), json.dumps(record).encode(), overwrite=True, namespace=_KV_NAMESPACE)
-
-
-def served_version(group: str, namespace: str) -> IndexVersion | None:
-    """The version the group serves, from its record (None if the group has none)."""
-    record = read_group_record(group, namespace)
-    return resolve_version(record["active"]) if record else None
-
-
-def read_group_record(group: str, namespace: str) -> dict | None:
-    from ray.experimental.internal_kv import _internal_kv_get
-
-    raw = _internal_kv_get(_key(group, namespace), namespace=_KV_NAMESPACE)
-    return json.loads(raw) if raw else None
-
-
-def delete_group_record(group: str, namespace: str) -> None:
-    from ray.experimental.internal_kv import _internal_kv_del
-
-    _internal_kv_del(_key(group, namespace), namespace=_KV_NAMESPACE)
-
-
-def versions_in_use(location: str | Path) -> set[str]:
-    """Names of the versions of `location` that any retrieval group of this cluster holds."""
-    from ray.experimental.internal_kv import _internal_kv_get, _internal_kv_list
-
-    location = Path(location).resolve()
-    held = set()
-    for key in _internal_kv_list(b"", namespace=_KV_NAMESPACE):
-        raw = _internal_kv_get(key, namespace=_KV_NAMESPACE)
-        for directory in (json.loads(raw) if raw else {}).get("held", []):
-            if Path(directory).parent == location:
-                held.add(Path(directory).name)
-    return held
-
-
-def prune_unused_versions(location: str | Path) -> list[str]:
-    """Remove the versions of `location` that are not CURRENT and that no group holds; returns their names."""
-    return remove_versions(location, keep=versions_in_use(location))
+from pipeline.index.versions import IndexVersion
+from pipeline.retrieval.group_record import (
+    list_members,
+    prune_unused_versions,
+    served_version,
+    write_group_record,
+)
 
 
 @dataclass
@@ -96,8 +44,6 @@ def roll_group_forward(group: str, namespace: str, version: IndexVersion, timeou
 
     RetrievalError naming the replica if one cannot load the version (the group keeps serving the old one then).
     """
-    from pipeline.retrieval.group import list_members
-
     started = time.perf_counter()
     members = list_members(group, namespace)
     handles = [ray.get_actor(m.name, namespace=namespace) for m in members]

@@ -8,10 +8,15 @@ import faiss
 import numpy as np
 
 from pipeline.errors import IndexFormatError, RetrievalError
-from pipeline.index.manifest import open_passages, open_vectors, read_manifest, shard_file
+from pipeline.index.manifest import (
+    open_passages,
+    open_vectors,
+    read_manifest,
+    shard_file,
+)
+from pipeline.index.search import SearchParams, effective_settings, search_shard
 from pipeline.index.versions import resolve_version
 from pipeline.retrieval.result import RetrievalResult
-from pipeline.retrieval.search import SearchParams, effective_settings, search_shard
 
 
 class ShardSearcher:

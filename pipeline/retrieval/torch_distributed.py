@@ -20,7 +20,6 @@ queries and results never visit the GPU.
 from __future__ import annotations
 
 import pickle
-import time
 from pathlib import Path
 
 import numpy as np
@@ -28,9 +27,9 @@ import torch
 import torch.distributed as dist
 
 from pipeline.errors import RetrievalError
+from pipeline.index.search import SearchParams
 from pipeline.retrieval.local import LocalRetriever
 from pipeline.retrieval.result import RetrievalResult
-from pipeline.retrieval.search import SearchParams
 
 
 class TorchDistributedRetriever:
@@ -48,11 +47,9 @@ class TorchDistributedRetriever:
         shape = torch.tensor([self.local.dimension, self.local.count] if self.local else [0, 0], dtype=torch.int64)
         dist.broadcast(shape, src=src, group=self.group)
         self.dimension, self.count = int(shape[0]), int(shape[1])
-        self.last_call_s = 0.0
 
     def retrieve(self, vectors: np.ndarray, k: int) -> RetrievalResult:
         """Top-k passages for this rank's float32[B, d] question vectors (collective: all ranks call together)."""
-        started = time.perf_counter()
         vectors = np.asarray(vectors, dtype=np.float32)
         problem = ""
         if vectors.ndim != 2 or vectors.shape[1] != self.dimension:
@@ -63,7 +60,6 @@ class TorchDistributedRetriever:
         queries = self._gather_queries(np.ascontiguousarray(vectors), sizes)
         payloads = self._search_and_split(queries, sizes, k) if self.rank == self.src else None
         result = self._scatter_payloads(payloads)
-        self.last_call_s = time.perf_counter() - started
         return result
 
     def _all_sizes(self, batch: int, k: int, problem: str) -> list[int]:
@@ -126,3 +122,8 @@ class TorchDistributedRetriever:
         if parts is not None:
             return parts[self.src]
         return pickle.loads(memoryview(out.numpy())[:int(lengths[self.rank])])
+
+
+def open_torch_retriever(index_dir: str, cfg, rank: int) -> TorchDistributedRetriever:
+    """Retrieval mode `torch` (pipeline/retrieval/modes.py); a collective: every rank opens it together."""
+    return TorchDistributedRetriever(index_dir, cfg.faiss_threads, params=SearchParams.from_config(cfg))

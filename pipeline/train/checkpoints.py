@@ -21,7 +21,10 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import ray.train
 import torch
+
+from pipeline.model.rag import load_rag_model, save_rag_model
 
 MODEL_DIR = "model"
 STATE_FILE = "training_state.pt"
@@ -53,8 +56,6 @@ class Restored:
 
 def save_checkpoint(directory: Path, parts, optimizer, scheduler, state: TrainState, history: list[dict]) -> None:
     """Write a checkpoint directory (see the module docstring) that `restore_checkpoint` reads."""
-    from pipeline.model.rag import save_rag_model
-
     save_rag_model(parts, directory / MODEL_DIR)
     # Tensors and plain values only, so loading can use weights_only=True (nothing unpickled runs code).
     torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
@@ -64,8 +65,6 @@ def save_checkpoint(directory: Path, parts, optimizer, scheduler, state: TrainSt
 
 def restore_checkpoint(checkpoint) -> Restored:
     """The model, optimizer/scheduler state dicts, TrainState and history of a Ray Train checkpoint."""
-    from pipeline.model.rag import load_rag_model
-
     with checkpoint.as_directory() as ckpt:
         parts = load_rag_model(Path(ckpt) / MODEL_DIR)
         saved = torch.load(Path(ckpt) / STATE_FILE, weights_only=True, map_location="cpu")
@@ -75,8 +74,6 @@ def restore_checkpoint(checkpoint) -> Restored:
 
 def read_history(checkpoint_path: str) -> list[dict]:
     """The per-epoch metrics saved in a checkpoint, read alone (works on remote storage); [] if unreadable."""
-    import ray.train
-
     checkpoint = ray.train.Checkpoint(checkpoint_path)
     try:
         with checkpoint.filesystem.open_input_stream(f"{checkpoint.path}/{HISTORY_FILE}") as f:
@@ -87,8 +84,6 @@ def read_history(checkpoint_path: str) -> list[dict]:
 
 def export_model(checkpoint, destination: Path) -> Path:
     """Copy the model of a Ray Train checkpoint to `destination` (replacing it) and check that it loads alone."""
-    from pipeline.model.rag import load_rag_model
-
     destination = Path(destination)
     with checkpoint.as_directory() as ckpt:
         if destination.exists():

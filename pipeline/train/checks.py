@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+from transformers import AutoConfig, AutoTokenizer
+
 from pipeline.config import RunConfig
-from pipeline.options import check_section
 from pipeline.errors import ConfigError, ModelLoadError
-from pipeline.index.manifest import IndexManifest
+from pipeline.index.settings import IndexSettings
+from pipeline.model.encoders import resolve_encoder
+from pipeline.options import check_section
+from pipeline.retrieval.modes import MODES, retrieval_mode
 
 
 def check_run_config(cfg: RunConfig) -> None:
@@ -16,9 +20,11 @@ def check_run_config(cfg: RunConfig) -> None:
     for section in dataclasses.fields(cfg):
         check_section(getattr(cfg, section.name), section.name)
     m, r, refresh = cfg.model, cfg.retrieval, cfg.refresh
-    if r.mode == "local" and cfg.train.num_workers > 1:
-        raise ConfigError("retrieval.mode: 'local' loads the index in every worker; use 'ray' or 'torch' "
-                          f"with train.num_workers={cfg.train.num_workers}")
+    mode = retrieval_mode(r.mode)
+    if mode.max_workers is not None and cfg.train.num_workers > mode.max_workers:
+        others = [m.name for m in MODES.values() if m.max_workers is None]
+        raise ConfigError(f"retrieval.mode: {r.mode!r} serves {mode.max_workers} worker(s) ({mode.summary}); "
+                          f"use {' or '.join(map(repr, others))} with train.num_workers={cfg.train.num_workers}")
     if r.rerank_depth and r.rerank_depth < m.n_docs:
         raise ConfigError(f"retrieval.rerank_depth: {r.rerank_depth} passages cannot be re-scored down to "
                           f"model.n_docs={m.n_docs}; use a depth >= {m.n_docs} (or 0: no rerank)")
@@ -28,23 +34,34 @@ def check_run_config(cfg: RunConfig) -> None:
     if refresh.every_steps and not m.train_context_encoder:
         raise ConfigError("refresh.every_steps: a refresh re-embeds the passages with the trained context encoder; "
                           "set model.train_context_encoder true (or refresh.every_steps 0)")
-    if refresh.every_steps and r.mode != "ray":
+    if refresh.every_steps and not mode.uses_group:
         raise ConfigError(f"refresh.every_steps: a refreshed index is served by rolling the retrieval group "
                           f"forward; use retrieval.mode ray, not {r.mode!r}")
 
 
-def check_model_fits_index(cfg: RunConfig, manifest: IndexManifest) -> None:
+def check_config_fits_index(cfg: RunConfig, index: IndexSettings) -> None:
+    """ConfigError naming both values when an index setting the user gave (index.encoder, pooling, max_length)
+    differs from what the served index was built with: a run embeds questions and passages as its index did."""
+    given = {"index.encoder": resolve_encoder(cfg.index.encoder), "index.pooling": cfg.index.pooling,
+             "index.max_length": cfg.index.max_length}
+    built = {"index.encoder": index.encoder, "index.pooling": index.pooling, "index.max_length": index.max_length}
+    for key, value in given.items():
+        if cfg.is_set(key) and value != built[key]:
+            raise ConfigError(f"{key}: {value!r} given, but index {Path(cfg.index.directory)} was built with "
+                              f"{built[key]!r}; leave {key} out (a run uses the index's own) or build another index")
+
+
+def check_model_fits_index(cfg: RunConfig, index: IndexSettings) -> None:
     """ConfigError if the index holds fewer passages than a question asks for; ModelLoadError if a model or
     tokenizer is missing, or an encoder's width differs from the index's."""
-    from transformers import AutoConfig, AutoTokenizer
-
     depth = max(cfg.model.n_docs, cfg.retrieval.rerank_depth)
-    if depth > manifest.count:
+    if depth > index.count:
         raise ConfigError(f"model.n_docs: {depth} passages per question (or retrieval.rerank_depth), but index "
-                          f"{Path(cfg.index.directory)} holds {manifest.count}")
-    roles = [("model.question_encoder", cfg.model.question_encoder), ("model.generator", cfg.model.generator)]
+                          f"{Path(cfg.index.directory)} holds {index.count}")
+    roles = [("model.question_encoder", index.question_encoder(cfg.model.question_encoder)),
+             ("model.generator", cfg.model.generator)]
     if cfg.model.train_context_encoder:
-        roles.append(("model.context_encoder", cfg.model.context_encoder))
+        roles.append(("model.context_encoder", index.context_encoder(cfg.model.context_encoder)))
     for role, source in roles:
         try:
             config = AutoConfig.from_pretrained(source)
@@ -54,8 +71,8 @@ def check_model_fits_index(cfg: RunConfig, manifest: IndexManifest) -> None:
                 from None
         if role != "model.generator":
             width = getattr(config, "projection_dim", 0) or getattr(config, "hidden_size", None)
-            if width != manifest.dimension:
+            if width != index.dimension:
                 raise ModelLoadError(
                     f"{role} {source!r} gives {width}-dim vectors but index {Path(cfg.index.directory)} "
-                    f"was built with dimension {manifest.dimension} (encoder {manifest.encoder!r})"
+                    f"was built with dimension {index.dimension} (encoder {index.encoder!r})"
                 )

@@ -14,6 +14,10 @@ import math
 
 import torch
 
+from pipeline.index.settings import IndexSettings
+from pipeline.model.encoders import encode, load_encoder
+from pipeline.model.rag import load_rag_model
+from pipeline.model.rag_with_retrieval import RagWithRetrieval
 from pipeline.progress import Progress
 from pipeline.train.metrics import score_answer, score_retrieval, summarize
 from pipeline.train.qa_data import QAExample
@@ -70,13 +74,8 @@ def evaluate_model(model_dir: str, examples: list[QAExample], retriever, config,
 
     `config` is the run's RunConfig: its model section, and for a model with a trained context encoder the
     rerank depth and the index's passage length (passages are re-encoded as training encoded them)."""
-    from pipeline.index.manifest import read_manifest
-    from pipeline.model.rag import load_rag_model
-    from pipeline.model.rag_with_retrieval import RagWithRetrieval
-
-    rag = RagWithRetrieval(load_rag_model(model_dir), retriever, config.model,
-                           passage_max_length=read_manifest(config.index.directory).max_length,
-                           rerank_depth=config.retrieval.rerank_depth)
+    rag = RagWithRetrieval.for_run(load_rag_model(model_dir), retriever, config,
+                                   IndexSettings.read(config.index.directory))
     rows = predict(rag, examples, batch_size)
     return summarize_rows(rows), rows
 
@@ -85,8 +84,6 @@ def evaluate_model(model_dir: str, examples: list[QAExample], retriever, config,
 def retrieval_metrics(encoder: str, pooling: str, max_length: int, examples: list[QAExample], retriever, k: int,
                       batch_size: int = 64) -> dict:
     """hit@k / recall@1 / recall@k of a question encoder alone (no generation), e.g. before fine-tuning."""
-    from pipeline.model.encoders import encode, load_encoder
-
     tokenizer, model = load_encoder(encoder)
     model.eval()
     records = []

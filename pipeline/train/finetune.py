@@ -15,11 +15,22 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
+from ray.train import RunConfig as RayRunConfig
+from ray.train.torch import TorchTrainer
+
 from pipeline.config import RunConfig, TrainConfig
+from pipeline.index.build import build_index
+from pipeline.index.settings import IndexSettings
+from pipeline.model.encoders import encoder_label
 from pipeline.output import train_logging_config
 from pipeline.progress import say
+from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.modes import retrieval_mode
 from pipeline.train import checkpoints
+from pipeline.train.checks import check_config_fits_index, check_model_fits_index
 from pipeline.train.loop import train_loop_per_worker
+from pipeline.train.qa_data import QATokenizer, check_training_inputs, read_qa_dataset
 
 
 @dataclass
@@ -29,7 +40,7 @@ class PreparedRun:
     train_dataset: object  # ray.data.Dataset of tokenized QA examples
     train_examples: int
     dev_examples: int
-    manifest: object  # IndexManifest of the index served
+    index: IndexSettings  # what the served index decides (encoder, pooling, passage length), for the workers
 
 
 @dataclass
@@ -69,13 +80,9 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
 def prepare_run(cfg: RunConfig) -> PreparedRun:
     """Everything before training: demo defaults, checks, index (built if missing), retrieval group, datasets.
 
-    Fills in cfg what the index decides (encoder, pooling, passage length), so workers read it from the config.
+    What the index decides (encoder, pooling, passage length) comes back as `PreparedRun.index`, for the workers;
+    a setting of the user's that disagrees with it is a ConfigError naming both.
     """
-    from pipeline.index.build import build_index
-    from pipeline.index.manifest import read_manifest
-    from pipeline.train.checks import check_model_fits_index
-    from pipeline.train.qa_data import QATokenizer, check_training_inputs, read_qa_dataset
-
     reports = check_training_inputs(cfg)  # demo defaults, option checks, every train/dev row (cached per file)
     _make_paths_absolute(cfg)
     for split, report in reports.items():
@@ -84,28 +91,19 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
     if not Path(cfg.index.directory).exists():
         say(f"[finetune] no index at {cfg.index.directory}: building it from {cfg.knowledge_base.documents}")
         build_index(cfg.knowledge_base, cfg.index)
-    manifest = read_manifest(cfg.index.directory)
-    _take_index_settings(cfg, manifest)
-    check_model_fits_index(cfg, manifest)
-    say(f"[finetune] index: {cfg.index.directory}, {manifest.count} passages, {manifest.factory}, "
-        f"{manifest.num_shards} shard(s), encoder {Path(manifest.encoder).name} ({manifest.pooling} pooling)")
-    if cfg.retrieval.mode == "ray":
-        from pipeline.retrieval.group import start_retrieval_group
-
+    index = IndexSettings.read(cfg.index.directory)
+    check_config_fits_index(cfg, index)
+    check_model_fits_index(cfg, index)
+    say(f"[finetune] index: {cfg.index.directory}, {index.count} passages, {index.factory}, "
+        f"{index.num_shards} shard(s), encoder {encoder_label(index.encoder)} ({index.pooling} pooling)")
+    if retrieval_mode(cfg.retrieval.mode).uses_group:
         members = start_retrieval_group(cfg.index.directory, cfg.retrieval)
         say(f"[finetune] retrieval group {cfg.retrieval.group!r} ({cfg.retrieval.namespace}): {len(members)} "
-            f"actor(s), {manifest.num_shards} shard(s) x {cfg.retrieval.replicas} replica(s)")
-    tokenizer = QATokenizer(cfg.model.question_encoder, cfg.model.generator, cfg.model.max_question_length,
+            f"actor(s), {index.num_shards} shard(s) x {cfg.retrieval.replicas} replica(s)")
+    tokenizer = QATokenizer(index.question_encoder(cfg.model.question_encoder), cfg.model.generator, cfg.model.max_question_length,
                             cfg.model.max_target_length)
     train = read_qa_dataset(cfg.data.train, cfg.data).map_batches(tokenizer, batch_format="numpy")
-    return PreparedRun(train, reports["train"].valid, reports["dev"].valid, manifest)
-
-
-def _take_index_settings(cfg: RunConfig, manifest) -> None:
-    """The index decides how both sides embed: its encoder (the default for both encoders), pooling, length."""
-    cfg.model.question_encoder = cfg.model.question_encoder or manifest.encoder
-    cfg.model.context_encoder = cfg.model.context_encoder or manifest.encoder
-    cfg.index.pooling, cfg.index.max_length = manifest.pooling, manifest.max_length
+    return PreparedRun(train, reports["train"].valid, reports["dev"].valid, index)
 
 
 def describe_training(cfg: RunConfig, prepared: PreparedRun) -> str:
@@ -130,14 +128,11 @@ def make_trainer(cfg: RunConfig, prepared: PreparedRun, callbacks=()):
     """The TorchTrainer of one fine-tuning run. Checkpoints live under train.output_dir/ray_train/finetune, so a
     rerun (or a restarted Tune trial) with the same output_dir resumes from the latest; the best by
     train.best_metric is kept beside it for export."""
-    from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
-    from ray.train import RunConfig as RayRunConfig
-    from ray.train.torch import TorchTrainer
-
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "steps_per_epoch": steps_per_epoch(prepared.train_examples, t)},
+        train_loop_config={"run": cfg.to_dict(), "index": prepared.index.to_dict(),
+                           "steps_per_epoch": steps_per_epoch(prepared.train_examples, t)},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RayRunConfig(
@@ -183,9 +178,7 @@ def _make_paths_absolute(cfg: RunConfig) -> None:
 
 def stop_group_unless_kept(cfg: RunConfig) -> None:
     """Tear the retrieval group down after a job when the config says not to keep it."""
-    if cfg.retrieval.mode == "ray" and not cfg.retrieval.keep_running:
-        from pipeline.retrieval.group import stop_retrieval_group
-
+    if retrieval_mode(cfg.retrieval.mode).uses_group and not cfg.retrieval.keep_running:
         stop_retrieval_group(cfg.retrieval.group, cfg.retrieval.namespace)
 
 

@@ -10,17 +10,30 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import ray.train
+import ray.train.torch
 import torch
 from ray.data.collate_fn import NumpyBatchCollateFn
+from transformers.utils import logging as hf_logging
 
 from pipeline.config import RunConfig, config_from_dict
+from pipeline.index.settings import IndexSettings
+from pipeline.model.rag import build_rag_model
+from pipeline.model.rag_with_retrieval import RagWithRetrieval
 from pipeline.progress import Progress, say
+from pipeline.retrieval.factory import make_retriever
 from pipeline.train.checkpoints import TrainState, restore_checkpoint, save_checkpoint
+from pipeline.train.evaluation import gather_rows, predict, summarize_rows
+from pipeline.train.optimizer import build_optimizer
+from pipeline.train.qa_data import load_qa_examples
+from pipeline.train.refresh_schedule import IndexRefresh
 
 
 def train_loop_per_worker(loop_config: dict) -> None:
-    """Runs on every TorchTrainer worker. loop_config: {"run": RunConfig dict, "steps_per_epoch": int}."""
-    run = set_up(config_from_dict(loop_config["run"]), loop_config["steps_per_epoch"])
+    """Runs on every TorchTrainer worker. loop_config: {"run": RunConfig dict, "index": IndexSettings dict,
+    "steps_per_epoch": int}."""
+    run = set_up(config_from_dict(loop_config["run"]), IndexSettings(**loop_config["index"]),
+                 loop_config["steps_per_epoch"])
     try:
         for epoch in range(run.state.epoch, run.cfg.train.epochs):
             if run.done():
@@ -62,18 +75,8 @@ class WorkerRun:
             self.refresh.close(self.state.step)
 
 
-def set_up(cfg: RunConfig, steps_per_epoch: int) -> WorkerRun:
+def set_up(cfg: RunConfig, index: IndexSettings, steps_per_epoch: int) -> WorkerRun:
     """Build or restore the model, connect to retrieval, wrap for DDP, restore optimizer state and refresh schedule."""
-    import ray.train
-    import ray.train.torch
-    from transformers.utils import logging as hf_logging
-
-    from pipeline.model.rag import build_rag_model
-    from pipeline.model.rag_with_retrieval import RagWithRetrieval
-    from pipeline.retrieval.factory import make_retriever
-    from pipeline.train.optimizer import build_optimizer
-    from pipeline.train.qa_data import load_qa_examples
-
     t = cfg.train
     hf_logging.disable_progress_bar()  # one bar per checkpoint save and model load, from every worker
     context = ray.train.get_context()
@@ -89,13 +92,14 @@ def set_up(cfg: RunConfig, steps_per_epoch: int) -> WorkerRun:
         parts, state, history = restored.parts, restored.state, restored.history
     else:
         m = cfg.model
-        parts = build_rag_model(m.question_encoder, m.generator, m.model_type, cfg.index.pooling, m.label_smoothing,
-                                m.dropout, context_encoder=m.context_encoder if m.train_context_encoder else None)
+        parts = build_rag_model(index.question_encoder(m.question_encoder), m.generator, m.model_type, index.pooling,
+                                m.label_smoothing, m.dropout,
+                                context_encoder=index.context_encoder(m.context_encoder) if m.train_context_encoder
+                                else None)
         state, history = TrainState(), []
     parts.head.config.label_smoothing = cfg.model.label_smoothing
     retriever = make_retriever(cfg.retrieval.mode, cfg.index.directory, cfg.retrieval, rank)
-    rag = RagWithRetrieval(parts, retriever, cfg.model, passage_max_length=cfg.index.max_length,
-                           rerank_depth=cfg.retrieval.rerank_depth, seed=t.seed + rank)
+    rag = RagWithRetrieval.for_run(parts, retriever, cfg, index, seed=t.seed + rank)
     model = ray.train.torch.prepare_model(rag, parallel_strategy_kwargs={"find_unused_parameters": False})
     rag.train()
 
@@ -106,9 +110,7 @@ def set_up(cfg: RunConfig, steps_per_epoch: int) -> WorkerRun:
         scheduler.load_state_dict(restored.scheduler)
     refresh = None
     if rank == 0 and cfg.refresh.every_steps > 0:
-        from pipeline.train.refresh_schedule import IndexRefresh
-
-        refresh = IndexRefresh(cfg, state)
+        refresh = IndexRefresh(cfg, index, state)
     dev = load_qa_examples(cfg.data.dev, cfg.data, limit=t.eval_max_examples)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and t.precision == "fp16")
     return WorkerRun(cfg, rank, world, device, parts, rag, model, optimizer, scheduler, scaler, dev, state, history,
@@ -117,8 +119,6 @@ def set_up(cfg: RunConfig, steps_per_epoch: int) -> WorkerRun:
 
 def train_one_epoch(run: WorkerRun, epoch: int) -> tuple[list[float], float]:
     """One pass over this worker's shard of the training data; returns (per-batch losses, seconds)."""
-    import ray.train
-
     cfg, t = run.cfg, run.cfg.train
     losses, curve_losses, micro = [], [], 0
     run.rag.retrieval_seconds.clear()
@@ -167,8 +167,6 @@ def optimizer_step(run: WorkerRun) -> None:
 
 def evaluate(run: WorkerRun, epoch: int, losses: list[float], train_s: float) -> dict:
     """Dev metrics of the model as it stands (every rank scores its share; all ranks get every row)."""
-    from pipeline.train.evaluation import gather_rows, predict, summarize_rows
-
     t = run.cfg.train
     retrieval_calls = list(run.rag.retrieval_seconds)
     rows = gather_rows(predict(run.rag, run.dev, t.batch_size, run.rank, run.world,
@@ -194,8 +192,6 @@ def evaluate(run: WorkerRun, epoch: int, losses: list[float], train_s: float) ->
 def report(run: WorkerRun, metrics: dict) -> None:
     """Report the epoch to Ray Train; rank 0 attaches a checkpoint when one is due (every rank reports, so Train
     keeps the workers in step)."""
-    import ray.train
-
     t = run.cfg.train
     run.history.append(metrics)
     run.state.epoch = metrics["epoch"]

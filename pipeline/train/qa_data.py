@@ -17,10 +17,20 @@ from pathlib import Path
 from typing import Iterator
 
 import numpy as np
+import ray.data
+from transformers import AutoConfig, AutoTokenizer
 
 from pipeline.config import DataConfig, RunConfig
+from pipeline.demo.defaults import fill_demo_defaults
 from pipeline.errors import DataError
-from pipeline.table_files import check_not_empty, describe_value, iter_checked_rows, require_text
+from pipeline.model.contexts import tokenize_targets
+from pipeline.table_files import (
+    check_not_empty,
+    describe_value,
+    iter_checked_rows,
+    require_text,
+)
+from pipeline.train.checks import check_run_config
 
 SEQ2SEQ_SUFFIX = ".source"
 _BLOCK_ROWS = 2048  # rows per Arrow block handed to Ray Data: enough blocks for parallel tokenization
@@ -146,9 +156,6 @@ def check_training_inputs(cfg: RunConfig) -> dict[str, QAFileReport]:
     """What a fine-tuning run (or sweep) can check without Ray, for a job to call before it connects: demo
     defaults or the keys a run must name (`fill_demo_defaults`), option combinations, every row of data.train
     and data.dev. Returns the split reports; `prepare_run` repeats these checks at no cost (files not re-read)."""
-    from pipeline.demo.defaults import fill_demo_defaults
-    from pipeline.train.checks import check_run_config
-
     fill_demo_defaults(cfg)
     check_run_config(cfg)
     return {split: check_qa_file(getattr(cfg.data, split), cfg.data) for split in ("train", "dev")}
@@ -175,7 +182,6 @@ def read_qa_dataset(path: str | Path, cfg: DataConfig):
     in the object store (about 200 bytes a row); Ray Data tokenizes it in parallel blocks.
     """
     import pyarrow as pa
-    import ray.data
 
     examples = [item for _, item in iter_qa_rows(path, cfg) if isinstance(item, QAExample)]
     if not examples:
@@ -190,14 +196,12 @@ def read_qa_dataset(path: str | Path, cfg: DataConfig):
 
 @functools.lru_cache(maxsize=4)
 def _tokenizer(name_or_path: str):
-    from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(name_or_path)
 
 
 @functools.lru_cache(maxsize=4)
 def _model_config(name_or_path: str):
-    from transformers import AutoConfig
 
     return AutoConfig.from_pretrained(name_or_path)
 
@@ -214,7 +218,6 @@ class QATokenizer:
         self.max_question_length, self.max_target_length = max_question_length, max_target_length
 
     def __call__(self, batch: dict) -> dict:
-        from pipeline.model.contexts import tokenize_targets
 
         questions = [str(q) for q in batch["question"]]
         encoded = _tokenizer(self.question_tokenizer)(

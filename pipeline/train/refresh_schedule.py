@@ -1,5 +1,5 @@
 """Rank 0's side of the index refresh: every refresh.every_steps steps, publish the context encoder's weights to
-the object store and start a refresh task (pipeline/index/refresh.py) that re-embeds the knowledge base, builds
+the object store and start a refresh task (pipeline/train/refresh_task.py) that re-embeds the knowledge base, builds
 a new index version and rolls the retrieval group forward. Training does not wait for it: the task is polled
 after each step, a refresh still running when the next is due makes that one skip (said, and counted), and a
 refresh that fails leaves the served version in place with a warning. `refresh.blocking` waits instead (the way
@@ -12,16 +12,23 @@ from __future__ import annotations
 
 import time
 
+import ray
+
 from pipeline.config import RunConfig
+from pipeline.errors import unwrap_pipeline_error
+from pipeline.index.settings import IndexSettings
 from pipeline.progress import say
+from pipeline.retrieval.group_record import served_version
 from pipeline.train.checkpoints import TrainState
+from pipeline.train.refresh_task import refresh_index
 
 
 class IndexRefresh:
     """Starts, polls and reports background refreshes from the training loop of rank 0."""
 
-    def __init__(self, cfg: RunConfig, state: TrainState):
+    def __init__(self, cfg: RunConfig, index: IndexSettings, state: TrainState):
         self.cfg = cfg
+        self.base_encoder = index.context_encoder(cfg.model.context_encoder)  # the weights refresh into it
         self.state = state.refresh  # dict, updated in place: saved with the TrainState
         for key, value in {"done": [], "skipped": 0, "failed": 0, "stall_s": 0.0}.items():
             self.state.setdefault(key, value)
@@ -47,41 +54,29 @@ class IndexRefresh:
             self.state["stall_s"] += time.perf_counter() - started
 
     def _start(self, step: int, parts):
-        import ray
-
-        from pipeline.index.refresh import refresh_index
 
         # CPU copies: the task may run on another node, and the object store holds them until it reads them.
         weights = ray.put({name: tensor.detach().cpu() for name, tensor in parts.context_encoder.state_dict().items()})
         cfg = self.cfg
         location = cfg.refresh.location or str(self.served().location)
-        return refresh_index.remote(location, cfg.model.context_encoder, [weights], step, cfg.to_dict())
+        return refresh_index.remote(location, self.base_encoder, [weights], step, cfg.to_dict())
 
     def served(self):
         """The IndexVersion the retrieval group serves now."""
-        from pipeline.retrieval.rollout import served_version
-
         return served_version(self.cfg.retrieval.group, self.cfg.retrieval.namespace)
 
     def poll(self, step: int | None = None) -> None:
         """Finish the pending refresh if its task has ended (never blocks)."""
-        import ray
-
         if self.pending is not None and ray.wait([self.pending[0]], timeout=0)[0]:
             self._finish(step)
 
     def wait(self, step: int | None = None) -> None:
         """Block until the pending refresh ends (blocking mode, and at the end of training)."""
         if self.pending is not None:
-            import ray
-
             ray.wait([self.pending[0]])
             self._finish(step)
 
     def _finish(self, step: int | None) -> None:
-        import ray
-
-        from pipeline.errors import unwrap_pipeline_error
 
         task, from_step = self.pending
         self.pending = None

@@ -11,9 +11,11 @@ import csv
 import json
 from pathlib import Path
 
+import ray.train
 import yaml
 
 from pipeline.config import RunConfig
+from pipeline.train.checkpoints import export_model
 
 TABLE_METRICS = ("epoch", "train_loss", "dev_exact_match", "dev_f1", "dev_hit@k", "dev_recall@1")
 
@@ -73,10 +75,6 @@ def plot_metric(path: Path, rows: list[dict], metric: str) -> None:
 
 def copy_best_model(best: dict, destination: Path) -> None:
     """Export the model of the best trial's last checkpoint to `destination` (checked to load alone)."""
-    import ray.train
-
-    from pipeline.train.checkpoints import export_model
-
     if not best["checkpoint_path"]:
         raise RuntimeError(f"best trial {best['trial_id']} reported no checkpoint")
     export_model(ray.train.Checkpoint(best["checkpoint_path"]), destination)

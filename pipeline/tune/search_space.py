@@ -11,7 +11,7 @@
     train.weight_decay: {uniform: [0.0, 0.1]}
 
 Every trial shares one index, one retrieval group and one tokenized train dataset, so the keys those are
-built from cannot vary within a sweep. Imports no Ray (only `to_tune_domains` imports ray.tune).
+built from cannot vary within a sweep.
 """
 
 from __future__ import annotations
@@ -20,8 +20,13 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from ray import tune
+
 from pipeline.config import RunConfig, apply_overrides, known_keys, set_key
 from pipeline.errors import ConfigError
+from pipeline.retrieval.modes import MODES, retrieval_mode
+from pipeline.train.checks import check_run_config
+from pipeline.train.metrics import summarize
 
 DISTRIBUTIONS = ("uniform", "loguniform", "choice", "randint")
 
@@ -59,8 +64,6 @@ class Distribution:
 
 def reported_metrics(cfg: RunConfig) -> list[str]:
     """Names of the metrics every trial reports per epoch (what tune.metric may name)."""
-    from pipeline.train.metrics import summarize
-
     names = list(TRAIN_LOOP_METRICS) + [f"dev_{key}" for key in summarize([])]
     return (names + (list(PROFILE_METRICS) if cfg.train.profile else [])
             + (list(REFRESH_METRICS) if cfg.refresh.every_steps or "refresh.every_steps" in cfg.tune.search_space
@@ -74,12 +77,11 @@ def max_epochs(cfg: RunConfig, space: dict[str, Distribution]) -> int:
 
 def check_sweep_config(cfg: RunConfig) -> dict[str, Distribution]:
     """ConfigError (one line naming the key) for anything a sweep cannot run; else the parsed search space."""
-    from pipeline.train.checks import check_run_config
-
     t = cfg.tune
-    if cfg.retrieval.mode != "ray":
-        raise ConfigError(f"retrieval.mode: the trials of a sweep share one retrieval group; use 'ray', "
-                          f"not {cfg.retrieval.mode!r}")
+    if not retrieval_mode(cfg.retrieval.mode).uses_group:
+        groups = [m.name for m in MODES.values() if m.uses_group]
+        raise ConfigError(f"retrieval.mode: the trials of a sweep share one retrieval group; use "
+                          f"{' or '.join(map(repr, groups))}, not {cfg.retrieval.mode!r}")
     check_run_config(cfg)  # the base config first, so a bad base value is not blamed on the search space
     metrics = reported_metrics(cfg)
     if t.metric not in metrics:
@@ -145,8 +147,6 @@ def _number(value: Any, kind: str, where: str) -> float | int:
 
 def _checked_value(cfg: RunConfig, key: str, value: Any, where: str) -> Any:
     """`value` converted to the key's type, after checking that a run with it passes the run checks."""
-    from pipeline.train.checks import check_run_config
-
     trial = apply_overrides(cfg, {})
     set_key(trial, key, value, where=where)
     try:
@@ -159,8 +159,6 @@ def _checked_value(cfg: RunConfig, key: str, value: Any, where: str) -> Any:
 
 def to_tune_domains(space: dict[str, Distribution]) -> dict[str, Any]:
     """Tune search-space objects for a parsed space (keys stay dotted)."""
-    from ray import tune
-
     make = {"uniform": tune.uniform, "loguniform": tune.loguniform, "randint": tune.randint}
     return {key: tune.choice(list(d.values)) if d.kind == "choice" else make[d.kind](*d.values)
             for key, d in space.items()}

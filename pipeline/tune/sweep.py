@@ -27,12 +27,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import ray
+import ray.tune
 import yaml
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
+from ray.tune.schedulers import ASHAScheduler
 
 from pipeline.config import RunConfig, apply_overrides, config_from_dict
 from pipeline.errors import ConfigError, unwrap_pipeline_error
 from pipeline.output import tune_verbosity
+from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group_record import list_members, served_version
 from pipeline.train.checkpoints import read_history
+from pipeline.train.finetune import make_trainer, prepare_run
+from pipeline.tune.results import write_sweep_results
 from pipeline.tune.search_space import (
     TRIAL_DRIVER_CPUS,
     check_sweep_config,
@@ -53,11 +62,6 @@ def train_trial(trial_config: dict, base: dict, prepared, trials_dir: str) -> No
 
     Runs as the Train driver inside the trial actor. Its per-epoch reports reach Tune via TuneReportCallback.
     """
-    import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from pipeline.train.finetune import make_trainer
-
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
     cfg.train.output_dir = str(Path(trials_dir) / trial_id)
@@ -74,9 +78,6 @@ def own_retrieval_group(cfg: RunConfig, trial_id: str):
     the group every trial shares to its own context encoder's index. The trial's group starts on the version the
     shared group serves (its files are shared, memory-mapped, not copied), publishes its refreshed versions in
     <trial output>/index, and is stopped when the trial ends; that location is kept beside the trial's model."""
-    from pipeline.retrieval.group import stop_retrieval_group, start_retrieval_group
-    from pipeline.retrieval.rollout import served_version
-
     shared = served_version(cfg.retrieval.group, cfg.retrieval.namespace)
     cfg.retrieval.group = f"{cfg.retrieval.group}.{trial_id}"
     cfg.index.directory = str(shared.directory)
@@ -112,8 +113,6 @@ def make_scheduler(cfg: RunConfig, space: dict):
     State API) then frees its workers' CPUs. So ASHA never stops a trial at its last report, where stopping
     saves nothing: no stop at max_t, and max_t below the last epoch keeps every rung before it.
     """
-    from ray.tune.schedulers import ASHAScheduler
-
     last_epoch = max_epochs(cfg, space)
     # "epoch" rather than training_iteration: a Train run resumed from a checkpoint reports its true epoch.
     return ASHAScheduler(time_attr="epoch", max_t=max(cfg.tune.grace_period, last_epoch - 1),
@@ -126,13 +125,6 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     Validates everything first (ConfigError before any trial), prepares the index and retrieval group once,
     then writes the results, the best config and the best model under cfg.tune.output_dir.
     """
-    import ray
-    from ray import tune
-
-    from pipeline.retrieval.group import list_members
-    from pipeline.train.finetune import prepare_run
-    from pipeline.tune.results import write_sweep_results
-
     space = check_sweep_config(cfg)
     prepared = prepare_run(cfg)  # once for every trial; fills demo paths and makes them absolute
     out = Path(cfg.tune.output_dir).resolve()
@@ -150,7 +142,7 @@ def run_tune(cfg: RunConfig) -> SweepResult:
     else:
         scheduler = make_scheduler(cfg, space)
         reserved = len(list_members(cfg.retrieval.group, cfg.retrieval.namespace)) * cfg.retrieval.actor_num_cpus
-        concurrent = concurrent_trials(cfg, space, ray.cluster_resources(), reserved, prepared.manifest.num_shards)
+        concurrent = concurrent_trials(cfg, space, ray.cluster_resources(), reserved, prepared.index.num_shards)
         print(f"[tune] {cfg.tune.num_samples} trials, {concurrent} at a time, ASHA on {cfg.tune.metric} "
               f"({cfg.tune.mode}) per epoch, sharing retrieval group {cfg.retrieval.group!r}", flush=True)
         tuner = tune.Tuner(

@@ -13,7 +13,8 @@ from pipeline.bench.synthetic import write_synthetic_index
 from pipeline.config import RetrievalConfig
 from pipeline.errors import RetrievalError
 from pipeline.retrieval.coalesce import Coalescer
-from pipeline.retrieval.group import actor_name, start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group_record import actor_name
 from pipeline.retrieval.local import LocalRetriever
 from pipeline.retrieval.shard import ShardSearcher
 from tests.conftest import TEST_NAMESPACE

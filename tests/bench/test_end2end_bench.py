@@ -6,12 +6,18 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.bench.end2end import RUNS, compare_runs, run_config, summarize_run, write_report
+from pipeline.bench.end2end import (
+    RUNS,
+    compare_runs,
+    run_config,
+    summarize_run,
+    write_report,
+)
 from pipeline.config import parse_config
 from pipeline.errors import run_job
 from pipeline.train.checks import check_run_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

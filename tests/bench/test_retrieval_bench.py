@@ -7,8 +7,18 @@ import json
 import pytest
 
 from pipeline.bench.cli import parse_spec
-from pipeline.bench.retrieval import RetrievalBenchmarkSpec, measure_exact_paths, variants_at
-from pipeline.bench.retrieval_report import ratios, summary_lines, table, targets, write_report
+from pipeline.bench.retrieval import (
+    RetrievalBenchmarkSpec,
+    measure_exact_paths,
+    variants_at,
+)
+from pipeline.bench.retrieval_report import (
+    ratios,
+    summary_lines,
+    table,
+    targets,
+    write_report,
+)
 from pipeline.bench.timing import paired_difference_ms, percentiles, ratio_with_spread
 from pipeline.errors import ConfigError
 

@@ -18,11 +18,11 @@ from pipeline.config import RetrievalConfig, RunConfig, apply_overrides
 from pipeline.errors import RetrievalError
 from pipeline.retrieval.client import RetrievalClient
 from pipeline.retrieval.group import (
-    actor_name,
     group_status,
     start_retrieval_group,
     stop_retrieval_group,
 )
+from pipeline.retrieval.group_record import actor_name
 from pipeline.retrieval.local import LocalRetriever
 from pipeline.train.finetune import run_finetune
 from tests.conftest import TEST_NAMESPACE

@@ -19,7 +19,7 @@ from pipeline.index.versions import list_versions, resolve_version
 from pipeline.model.encoders import load_encoder
 from pipeline.model.rag import load_rag_model
 from pipeline.retrieval.group import group_status, stop_retrieval_group
-from pipeline.retrieval.rollout import served_version
+from pipeline.retrieval.group_record import served_version
 from pipeline.train.checks import check_run_config
 from pipeline.train.finetune import prepare_run, run_finetune
 from tests.conftest import TEST_NAMESPACE, largest_change, weights_of
@@ -124,8 +124,9 @@ def test_a_context_encoder_of_another_dimension_fails_before_training(ray_cluste
     other = tmp_path / "encoder32"
     BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
                          vocab_size=30522)).save_pretrained(other)
-    from pipeline.model.encoders import default_encoder_path
     from transformers import AutoTokenizer
+
+    from pipeline.model.encoders import default_encoder_path
 
     AutoTokenizer.from_pretrained(default_encoder_path()).save_pretrained(other)
     cfg = apply_overrides(RunConfig(), {**tiny_demo, "train.output_dir": str(tmp_path / "run"),

@@ -40,7 +40,7 @@ from tests.conftest import write_corpus
 
 pytestmark = pytest.mark.slow  # a whole cluster and five jobs: minutes, not seconds
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(Path(sys.executable).with_name("ray")) if Path(sys.executable).with_name("ray").exists() else "ray"
 GROUP, NAMESPACE = "jobs-test", "rag-job-submit-test"
 

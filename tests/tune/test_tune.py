@@ -276,7 +276,7 @@ def test_a_trial_that_refreshes_its_index_gets_a_group_of_its_own(ray_cluster, c
     from pipeline.index.manifest import read_manifest
     from pipeline.index.versions import list_versions
     from pipeline.retrieval.group import stop_retrieval_group
-    from pipeline.retrieval.rollout import served_version
+    from pipeline.retrieval.group_record import served_version
     from pipeline.tune.sweep import run_tune
 
     group = f"tune-refresh-{uuid.uuid4().hex[:6]}"

@@ -15,10 +15,10 @@ from pipeline.index.manifest import open_vectors, read_manifest
 from pipeline.retrieval.client import RetrievalClient
 from pipeline.retrieval.group import (
     group_status,
-    list_members,
     start_retrieval_group,
     stop_retrieval_group,
 )
+from pipeline.retrieval.group_record import list_members
 from pipeline.retrieval.local import LocalRetriever
 from tests.conftest import TEST_NAMESPACE
 
@@ -176,7 +176,7 @@ def _exact_top(index_dir, queries, k):
 
 @pytest.mark.parametrize("factory,params", [("HNSW8", {"ef_search": 1}), ("IVF64,Flat", {"nprobe": 1})])
 def test_empty_faiss_slots_never_become_passage_zero(approximate_indexes, factory, params):
-    from pipeline.retrieval.search import SearchParams, faiss_parameters
+    from pipeline.index.search import SearchParams, faiss_parameters
 
     index_dir, k = approximate_indexes[factory], 50
     queries = _queries(index_dir, n=12, seed=3)
@@ -222,7 +222,7 @@ def test_search_settings_are_applied_recorded_and_change_recall(approximate_inde
 
 
 def test_hnsw_ef_search_is_applied_per_search(approximate_indexes):
-    from pipeline.retrieval.search import SearchParams
+    from pipeline.index.search import SearchParams
 
     index_dir = approximate_indexes["HNSW8"]
     queries = _queries(index_dir, n=40, seed=5)

@@ -217,7 +217,13 @@ def test_evaluate_and_build_index_follow_the_same_rule(tmp_path, monkeypatch, ca
 
 def test_every_job_accepts_verbose_and_passes_it_to_ray_workers(monkeypatch):
     from pipeline.config import parse_config
-    from pipeline.output import QUIET_ENV, SETUP_HOOK, VERBOSE_ENV, is_verbose, worker_runtime_env
+    from pipeline.output import (
+        QUIET_ENV,
+        SETUP_HOOK,
+        VERBOSE_ENV,
+        is_verbose,
+        worker_runtime_env,
+    )
 
     monkeypatch.setenv(VERBOSE_ENV, "0")  # restored after the test: --verbose sets it for the whole process
     parse_config([], "x")
@@ -243,7 +249,8 @@ def test_connect_ray_reads_the_runtime_env_of_a_submitted_job(monkeypatch):
 def test_an_error_raised_in_a_train_worker_is_one_error_line(ray_cluster, tmp_path, capsys):
     """A PipelineError that can only surface inside a training worker (e.g. a retrieval group that died) reaches
     the terminal as the job's one `error:` line, not as Ray Train's TrainingFailedError traceback."""
-    from ray.train import FailureConfig, RunConfig as TrainRunConfig, ScalingConfig
+    from ray.train import FailureConfig, ScalingConfig
+    from ray.train import RunConfig as TrainRunConfig
     from ray.train.torch import TorchTrainer
 
     def loop(_):

@@ -1,5 +1,5 @@
 """TRAIN: Ray Data -> TorchTrainer (2 workers) -> retrieval group -> RAG loss, checkpoints, bad input
-(resume: tests/test_refresh.py, tests/test_faults.py)."""
+(resume: tests/train/test_refresh.py, tests/train/test_faults.py)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,8 @@ from pipeline.config import RunConfig, apply_overrides, parse_config
 from pipeline.errors import ConfigError, DataError, ModelLoadError
 from pipeline.index.versions import resolve_version
 from pipeline.model.rag import load_rag_model
-from pipeline.retrieval.group import list_members, stop_retrieval_group
+from pipeline.retrieval.group import stop_retrieval_group
+from pipeline.retrieval.group_record import list_members
 from pipeline.train.finetune import prepare_run, run_finetune
 from pipeline.train.qa_data import QATokenizer, check_qa_file, read_qa_dataset
 from tests.conftest import TEST_NAMESPACE

@@ -1,6 +1,6 @@
 """The training run's outputs and schedule: the best checkpoint exported with the latest kept for resume, curves
 written for every run, encoders frozen for their freeze steps (both encoders learning past them end to end:
-tests/test_refresh.py)."""
+tests/train/test_refresh.py)."""
 
 from __future__ import annotations
 

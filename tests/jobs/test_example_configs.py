@@ -12,7 +12,7 @@ from pipeline.config import RunConfig, parse_config
 from pipeline.train.checks import check_run_config
 from pipeline.tune.search_space import check_sweep_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CONFIGS = sorted((REPO / "configs").glob("*.yaml"))
 CITED = re.compile(r"configs/[\w.-]+\.yaml")
 

@@ -18,10 +18,20 @@ from pipeline.bench.synthetic import write_synthetic_index
 from pipeline.config import RetrievalConfig
 from pipeline.errors import IndexFormatError, RetrievalError
 from pipeline.index.manifest import open_vectors, read_manifest
-from pipeline.index.versions import begin_version, list_versions, publish_version, resolve_version
+from pipeline.index.versions import (
+    begin_version,
+    list_versions,
+    publish_version,
+    resolve_version,
+)
 from pipeline.retrieval.client import RetrievalClient
-from pipeline.retrieval.group import actor_name, group_status, start_retrieval_group, stop_retrieval_group
-from pipeline.retrieval.rollout import roll_group_forward, served_version
+from pipeline.retrieval.group import (
+    group_status,
+    start_retrieval_group,
+    stop_retrieval_group,
+)
+from pipeline.retrieval.group_record import actor_name, served_version
+from pipeline.retrieval.rollout import roll_group_forward
 from tests.conftest import TEST_NAMESPACE
 
 COUNT, DIMENSION, SHARDS = 3000, 32, 2

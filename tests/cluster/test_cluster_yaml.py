@@ -15,7 +15,7 @@ import yaml
 
 from pipeline.config import parse_config
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 CLUSTER_YAML = REPO / "cluster.yaml"
 WORLD = ("0.0.0.0/0", "::/0")
 

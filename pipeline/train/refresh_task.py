@@ -19,18 +19,22 @@ import numpy as np
 import ray
 
 from pipeline.config import config_from_dict
+from pipeline.index.build import (
+    build_shards,
+    embed_passages,
+    write_passages_and_vectors,
+)
+from pipeline.index.manifest import IndexManifest, open_passages, read_manifest
+from pipeline.index.versions import begin_version, discard_building, publish_version
+from pipeline.model.encoders import load_encoder, weights_sha256
+from pipeline.retrieval.group_record import served_version
+from pipeline.retrieval.rollout import roll_group_forward
 
 _ROWS_PER_READ = 4096
 
 
-def _quiet(line: str) -> None:
-    """The build's own progress lines: a refresh reports once, through the training loop (refresh_schedule)."""
-
-
 def _read_passage_rows(batch: dict, directory: str) -> dict:
     """Ray Data map_batches: row ids -> their titles and texts, read from the memory-mapped passages file."""
-    from pipeline.index.manifest import open_passages
-
     table = open_passages(directory)
     rows = table.take(batch["id"])
     return {"title": np.array(rows.column("title").to_pylist(), dtype=object),
@@ -42,12 +46,6 @@ def refresh_index(location: str, base_encoder: str, weights: list, step: int, ru
     """Embed the served version's passages with `weights` (a one-element list holding the ObjectRef of a context
     encoder state dict, so Ray hands the reference, not the tensors, to this task), publish the result as a new
     version of `location` and roll the group forward. Returns the refresh's statistics."""
-    from pipeline.index.build import build_shards, embed_passages, write_passages_and_vectors
-    from pipeline.index.manifest import IndexManifest, read_manifest
-    from pipeline.index.versions import begin_version, discard_building, publish_version
-    from pipeline.model.encoders import load_encoder, weights_sha256
-    from pipeline.retrieval.rollout import roll_group_forward, served_version
-
     cfg = config_from_dict(run)
     started = time.perf_counter()
     source = served_version(cfg.retrieval.group, cfg.retrieval.namespace).directory
@@ -72,7 +70,8 @@ def refresh_index(location: str, base_encoder: str, weights: list, step: int, ru
                          "trained_at_step": step, "weights": "context_encoder"},
         )
         build_started = time.perf_counter()
-        build_shards(building, manifest, cfg.index.train_sample, cfg.index.recall_queries, log=_quiet)
+        build_shards(building, manifest, cfg.index.train_sample, cfg.index.recall_queries,
+                     log=None)  # a refresh reports once, through the training loop (refresh_schedule)
         build_s = time.perf_counter() - build_started
         version = publish_version(location, building)
     except BaseException:
