@@ -32,7 +32,7 @@ import ray.tune
 import yaml
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
-from ray.tune.schedulers import ASHAScheduler
+from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 
 from pipeline.config import RunConfig, apply_overrides, config_from_dict
 from pipeline.errors import ConfigError, unwrap_pipeline_error
@@ -111,9 +111,12 @@ def make_scheduler(cfg: RunConfig, space: dict):
 
     Stopping a trial kills its Train driver, and only Ray Train's placement-group cleaner (which needs the
     State API) then frees its workers' CPUs. So ASHA never stops a trial at its last report, where stopping
-    saves nothing: no stop at max_t, and max_t below the last epoch keeps every rung before it.
+    saves nothing: no stop at max_t, and max_t below the last epoch keeps every rung before it. A grace period
+    reaching the last epoch leaves no rung before it, so then no trial is stopped at all (FIFO).
     """
     last_epoch = max_epochs(cfg, space)
+    if cfg.tune.grace_period >= last_epoch:
+        return FIFOScheduler()
     # "epoch" rather than training_iteration: a Train run resumed from a checkpoint reports its true epoch.
     return ASHAScheduler(time_attr="epoch", max_t=max(cfg.tune.grace_period, last_epoch - 1),
                          grace_period=cfg.tune.grace_period, stop_last_trials=False)

@@ -21,6 +21,7 @@ from pipeline.bench.retrieval_report import (
 )
 from pipeline.bench.timing import paired_difference_ms, percentiles, ratio_with_spread
 from pipeline.errors import ConfigError
+from tests.conftest import assert_is_a_plot
 
 
 def test_spec_command_line_is_generated_from_the_dataclass():
@@ -121,7 +122,7 @@ def test_ratios_targets_and_report_files(tmp_path):
     json_path, png_path = write_report(report, tmp_path)
     saved = json.loads(json_path.read_text())
     assert {"ray_over_floor", "ray_over_torch_w4", "ray_w4_over_w1", "overhead_ms"} <= set(saved["ratios"])
-    assert png_path.stat().st_size > 0
+    assert_is_a_plot(png_path)
     printed = "\n".join(summary_lines(report))
     assert "ray_over_floor" in printed and "target ray_w4_over_w1 <= 1.3: met" in printed
 
@@ -169,7 +170,7 @@ def test_scale_figure_picks_the_fastest_setting_near_the_best_recall(tmp_path):
             for n, r, ms in ((4, 0.80, 1.0), (16, 0.965, 2.0), (64, 0.97, 5.0))]
     assert [r["nprobe"] for r in best_rows(rows)] == [16]  # within 0.01 of the best recall, and faster
     plot_scale({"rows": rows, "spec": {"dimension": 8}, "machine": {"cores": 2}}, tmp_path / "scale.png")
-    assert (tmp_path / "scale.png").stat().st_size > 0
+    assert_is_a_plot(tmp_path / "scale.png")
 
 
 def test_scale_target_takes_the_fastest_setting_that_reaches_the_recall():

@@ -266,8 +266,6 @@ def test_retrieval_service_status_job_finds_the_group_from_another_job(job_clust
 
 
 def test_finetune_job_trains_against_the_running_group(job_cluster, retrieval_group, built_index, tmp_path_factory):
-    if not (REPO / "jobs" / "finetune.py").exists():
-        pytest.skip("jobs/finetune.py does not exist yet")
     from pipeline.demo.data import QUICK_READING_STEPS, ensure_demo_data
 
     directory, _ = built_index

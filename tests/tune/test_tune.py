@@ -118,16 +118,33 @@ def test_concurrent_trials_fit_the_cluster_cpus():
     assert concurrent_trials(cfg, check_sweep_config(cfg), {"CPU": 64.0}, reserved_cpus=1.0) == 2
 
 
-@pytest.mark.parametrize("epochs, grace_period", [(2, 1), (5, 1), (6, 1), (16, 1), (6, 2), (3, 3)])
-def test_asha_never_judges_a_trial_at_its_last_epoch(epochs, grace_period):
+@pytest.mark.parametrize("epochs, grace_period", [(2, 1), (5, 1), (6, 1), (16, 1), (6, 2), (3, 3), (4, 3)])
+def test_asha_never_stops_a_trial_at_its_last_epoch_and_prunes_before_it(epochs, grace_period):
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import TrialScheduler
+
     from pipeline.tune.sweep import make_scheduler
 
     # A stop kills the trial's Train driver; at the last report that saves nothing and only risks its resources.
     cfg = _config(train__epochs=epochs, tune__grace_period=grace_period)
     scheduler = make_scheduler(cfg, check_sweep_config(cfg))
-    milestones = [milestone for milestone, _ in scheduler._brackets[0]._rungs]  # ASHA's rungs, in epochs
-    assert grace_period in milestones
-    assert all(m < epochs for m in milestones) or epochs == grace_period
+    scheduler.set_search_properties(cfg.tune.metric, cfg.tune.mode)
+    trials = [Trial("trial", stub=True) for _ in range(8)]
+    for trial in trials:
+        scheduler.on_trial_add(None, trial)
+    stopped_at = {}
+    for epoch in range(1, epochs + 1):  # trials report in step, each worse than those before it
+        for i, trial in enumerate(trials):
+            if i in stopped_at:
+                continue
+            action = scheduler.on_trial_result(None, trial, {"epoch": epoch, cfg.tune.metric: -float(i)})
+            if action == TrialScheduler.STOP:
+                stopped_at[i] = epoch
+    assert all(epoch < epochs for epoch in stopped_at.values()), stopped_at
+    if grace_period < epochs:  # a rung before the last epoch exists, and it prunes the weakest trials there
+        assert stopped_at and stopped_at[len(trials) - 1] == grace_period
+    else:
+        assert stopped_at == {}
 
 
 def test_tune_job_rejects_a_bad_search_space_before_starting_ray(monkeypatch):
