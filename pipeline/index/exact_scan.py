@@ -15,7 +15,8 @@ start-up (the retrieval actors call it when they load a shard), so no JIT compil
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from functools import lru_cache
+from functools import cache
+from itertools import pairwise
 
 import faiss
 import numpy as np
@@ -55,7 +56,7 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int,
         raise ValueError(f"exact_top_k: k={k} of {n} rows, queries {queries.shape} against vectors {vectors.shape}")
     vectors, queries = _readonly(vectors), _readonly(queries)
     bounds = np.linspace(0, n, max(1, min(threads, n // max(k, _ROWS))) + 1).astype(np.int64)
-    parts = [(vectors[a:b], a) for a, b in zip(bounds[:-1], bounds[1:])]
+    parts = [(vectors[a:b], a) for a, b in pairwise(bounds)]
     if len(parts) == 1:
         found = [_top_k_of_range(queries, k, *parts[0])]
     else:
@@ -80,7 +81,7 @@ def _top_k_of_range(queries: np.ndarray, k: int, vectors: np.ndarray, first_row:
     return heap_scores, heap_rows + first_row
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pool(threads: int) -> ThreadPoolExecutor:
     """One pool per thread count for the process's life: threads cost ~0.1 ms each to start per call."""
     return ThreadPoolExecutor(threads, thread_name_prefix="exact-scan")

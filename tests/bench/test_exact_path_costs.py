@@ -25,6 +25,6 @@ def test_every_path_is_timed_against_the_read_pass_with_the_served_path_named(tm
     assert [r["served"] for r in rows] == ["exact_scan", "exact_scan", "faiss_product"]
     printed = exact_path_lines(rows)
     assert len(printed) == 1 + len(batches)
-    served = rows[-1]
-    assert f"served (faiss_product) {served['faiss_product_ms']:.1f} ({served['over_read_pass']['faiss_product']:.2f}x)" \
+    last = rows[-1]
+    assert f"served (faiss_product) {last['faiss_product_ms']:.1f} ({last['over_read_pass']['faiss_product']:.2f}x)" \
         in printed[-1]

@@ -21,7 +21,7 @@ def _assert_same_top_k(scores, rows, vectors, queries, k, exact_ties: bool):
     the tied rows is a right answer, so rows are checked through their scores, not compared one by one."""
     want_scores, want_rows = _faiss_exact(vectors, queries, k)
     assert scores.shape == rows.shape == (len(queries), k) and scores.dtype == np.float32
-    tolerance = dict(rtol=0, atol=0) if exact_ties else dict(rtol=1e-5, atol=1e-4)
+    tolerance = {"rtol": 0, "atol": 0} if exact_ties else {"rtol": 1e-5, "atol": 1e-4}
     np.testing.assert_allclose(scores, want_scores, **tolerance)
     true = np.einsum("bd,bkd->bk", queries.astype(np.float64), vectors[rows].astype(np.float64))
     np.testing.assert_allclose(scores, true, **tolerance)
