@@ -20,6 +20,7 @@ import ray
 from pipeline.bench.retrieval_workers import WorkerSet
 from pipeline.bench.timing import load_average
 from pipeline.config import RetrievalConfig
+from pipeline.index.exact_scan import EXACT_SCAN_UP_TO_BATCH, compile_exact_scan, exact_top_k
 from pipeline.index.manifest import open_vectors, read_manifest, shard_file
 from pipeline.options import option
 from pipeline.retrieval.group import (
@@ -43,7 +44,8 @@ class RetrievalBenchmarkSpec:
     block: int = option(5, "Calls per variant per turn of the round robin.", ge=1)
     warmup: int = option(1, "Untimed calls per variant and W first.", ge=0)
     coalesce_window_ms: float = option(2.0, "Ray actors' retrieval.coalesce_window_ms.", ge=0)
-    exact_path_batches: list = option([1, 2, 4, 8, 16], "Batch sizes of the in-process exact-path comparison.", ge=1)
+    exact_path_batches: list = option([1, 2, 4, 8, 16, 32, 64], "Batch sizes of the in-process exact-path "
+                                      "comparison.", ge=1)
     index_dir: str = option("", "Keep (and reuse) the synthetic index here; empty: a temporary one, deleted after.")
     output_dir: str = option("runs/benchmarks", "Where retrieval_benchmark.json and .png go.")
     seed: int = option(0, "Seed of the vectors and questions.")
@@ -124,9 +126,11 @@ def _interleaved(spec: RetrievalBenchmarkSpec, sets: dict, log) -> dict:
 
 
 def measure_exact_paths(index_dir: str, batches: list[int], calls: int = 5, k: int = 5, seed: int = 0) -> list[dict]:
-    """In-process ms per exact search of one shard, interleaved call by call: FAISS's per-query scan, FAISS's
-    matrix-product path, numpy (one OpenBLAS matmul over the memory map + argpartition) and torch (one MKL
-    matmul + topk), 1 thread each: whether another library's matrix product would be the faster search.
+    """In-process ms per exact search of one shard, interleaved call by call, 1 thread each, beside the read
+    pass (one matrix-vector product over the memory map, the floor): FAISS's per-query scan, FAISS's
+    matrix-product path, numpy (one OpenBLAS matmul over the memory map + argpartition), torch (one MKL
+    matmul + topk) and the one-pass kernel (`exact_top_k`). Each row also gives every path's cost over the
+    read pass and which path the shards serve at that batch (`exact_search`).
 
     Run in a fresh process with OPENBLAS_NUM_THREADS=1 for numpy to be single-threaded (the job does).
     """
@@ -138,6 +142,7 @@ def measure_exact_paths(index_dir: str, batches: list[int], calls: int = 5, k: i
     index = faiss.read_index(f"{index_dir}/{shard_file(0)}", faiss.IO_FLAG_MMAP_IFC)
     faiss.omp_set_num_threads(1)
     torch.set_num_threads(1)
+    compile_exact_scan()
     with warnings.catch_warnings():  # torch warns that the map is read-only; nothing here writes to it
         warnings.simplefilter("ignore", UserWarning)
         shard = torch.from_numpy(np.asarray(vectors))
@@ -146,18 +151,23 @@ def measure_exact_paths(index_dir: str, batches: list[int], calls: int = 5, k: i
     rows = []
     for batch in batches:
         queries = rng.standard_normal((batch, manifest.dimension), dtype=np.float32)
-        paths = {"faiss_scan": lambda: _faiss_with_threshold(index, queries, k, 1 << 30),
+        paths = {"read_pass": lambda: np.dot(vectors, queries[0]),
+                 "faiss_scan": lambda: _faiss_with_threshold(index, queries, k, 1 << 30),
                  "faiss_product": lambda: _faiss_with_threshold(index, queries, k, 1),
                  "numpy_product": lambda: np.argpartition(-(queries @ vectors.T), k, axis=1)[:, :k],
-                 "torch_product": lambda: torch.topk(torch.from_numpy(queries) @ shard.T, k, dim=1)}
+                 "torch_product": lambda: torch.topk(torch.from_numpy(queries) @ shard.T, k, dim=1),
+                 "exact_scan": lambda: exact_top_k(vectors, queries, k)}
         seconds = {name: [] for name in paths}
         for _ in range(calls):
             for name, path in paths.items():
                 started = time.perf_counter()
                 path()
                 seconds[name].append(time.perf_counter() - started)
-        rows.append({"batch": batch, **{f"{name}_ms": round(float(np.median(s)) * 1e3, 2)
-                                        for name, s in seconds.items()}})
+        median = {name: float(np.median(s)) for name, s in seconds.items()}
+        rows.append({"batch": batch, **{f"{name}_ms": round(m * 1e3, 3) for name, m in median.items()},
+                     "over_read_pass": {name: round(m / median["read_pass"], 3)
+                                        for name, m in median.items() if name != "read_pass"},
+                     "served": "exact_scan" if batch <= EXACT_SCAN_UP_TO_BATCH else "faiss_product"})
     faiss.cvar.distance_compute_blas_threshold = default_threshold
     return rows
 

@@ -153,4 +153,16 @@ def summary_lines(report: dict) -> list[str]:
     for key, t in report["targets"].items():
         status = "not measured" if t["met"] is None else ("met" if t["met"] else "NOT met")
         lines.append(f"target {key} {t['target']}: {status}")
+    return lines + exact_path_lines(report.get("exact_paths", []))
+
+
+def exact_path_lines(rows: list[dict]) -> list[str]:
+    """The exact search's cost over the read pass at each batch size: the path served, FAISS's product."""
+    lines = ["exact search, 1 thread, in-process: ms (x read pass)"] if rows else []
+    for r in rows:
+        served, over = r["served"], r["over_read_pass"]
+        lines.append(f"  batch {r['batch']:>3}: read pass {r['read_pass_ms']:.1f}, served ({served}) "
+                     f"{r[served + '_ms']:.1f} ({over[served]:.2f}x), FAISS product {r['faiss_product_ms']:.1f} "
+                     f"({over['faiss_product']:.2f}x), one-pass kernel {r['exact_scan_ms']:.1f} "
+                     f"({over['exact_scan']:.2f}x)")
     return lines

@@ -12,10 +12,14 @@ from typing import NamedTuple
 import faiss
 import numpy as np
 
-# FAISS answers batches below `distance_compute_blas_threshold` (20) with one scan of the vectors per query and
-# larger ones with a blocked matrix product that reads the vectors once for the whole batch. The scan only wins
-# for 1-2 queries (crossover measured by jobs/benchmark_retrieval.py, `exact_paths` in its JSON), so batches of
-# 3 or more take the product. Process-wide, like every FAISS global: set once on import, never per call.
+from pipeline.index.exact_scan import exact_search
+
+# Exact searches of up to EXACT_SCAN_UP_TO_BATCH questions take the one-pass kernel (exact_scan.py). Larger
+# ones, and FAISS's own exact searches (faiss.knn in the build's recall measurement), go through FAISS, which
+# answers batches below `distance_compute_blas_threshold` (20 by default) with one scan of the vectors per
+# query and larger ones with a blocked matrix product; the scan only wins for 1-2 queries (measured by
+# jobs/benchmark_retrieval.py, `exact_paths` in its JSON), so FAISS takes the product from 3. Process-wide,
+# like every FAISS global: set once on import, never per call.
 EXACT_PRODUCT_FROM_BATCH = 3
 faiss.cvar.distance_compute_blas_threshold = EXACT_PRODUCT_FROM_BATCH
 
@@ -96,7 +100,7 @@ def search_shard(index: faiss.Index, vectors: np.ndarray, start: int, queries: n
     n = len(vectors)
     k = min(k, n)
     if is_exact(index):
-        scores, local = index.search(queries, k)
+        scores, local = exact_search(vectors, queries, k, index)
         return ShardHits(local + start, scores.astype(np.float32, copy=False), _gather(vectors, local), 0)
     fetch = min(k * params.rerank_factor, n)
     _, local = index.search(queries, fetch, params=faiss_parameters(index, params))
@@ -107,7 +111,7 @@ def search_shard(index: faiss.Index, vectors: np.ndarray, start: int, queries: n
     scores = np.take_along_axis(scores, order, 1)
     short = np.flatnonzero(found.sum(axis=1) < k)
     if len(short):
-        scores[short], local[short] = faiss.knn(queries[short], vectors, k, metric=faiss.METRIC_INNER_PRODUCT)
+        scores[short], local[short] = exact_search(vectors, queries[short], k)
     return ShardHits(local + start, scores, _gather(vectors, local), len(short))
 
 

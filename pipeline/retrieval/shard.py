@@ -8,12 +8,8 @@ import faiss
 import numpy as np
 
 from pipeline.errors import IndexFormatError, RetrievalError
-from pipeline.index.manifest import (
-    open_passages,
-    open_vectors,
-    read_manifest,
-    shard_file,
-)
+from pipeline.index.exact_scan import compile_exact_scan
+from pipeline.index.manifest import open_passages, open_vectors, read_manifest, shard_file
 from pipeline.index.search import SearchParams, effective_settings, search_shard
 from pipeline.index.versions import resolve_version
 from pipeline.retrieval.result import RetrievalResult
@@ -45,6 +41,7 @@ class ShardSearcher:
         passages = open_passages(self.index_dir).slice(self.start, self.end - self.start)
         self.titles, self.texts = RowLookup(passages.column("title")), RowLookup(passages.column("text"))
         self.fallback_rows = 0
+        compile_exact_scan()  # numba's compile (or disk-cache load, ~1 s) here at load, not in the first search
 
     def check_queries(self, queries) -> np.ndarray:
         """`queries` as C-contiguous float32[B, d]; RetrievalError naming the shapes when they do not fit."""

@@ -140,7 +140,7 @@ def test_exact_paths_compare_every_path_at_every_batch(tmp_path):
     write_synthetic_index(tmp_path / "index", count=500, dimension=16, factory="Flat")
     rows = measure_exact_paths(str(tmp_path / "index"), [1, 4], calls=2)
     assert [r["batch"] for r in rows] == [1, 4]
-    assert all(set(r) == {"batch", "faiss_scan_ms", "faiss_product_ms", "numpy_product_ms",
+    assert all(set(r) >= {"batch", "faiss_scan_ms", "faiss_product_ms", "numpy_product_ms",
                                    "torch_product_ms"} for r in rows)
 
 
