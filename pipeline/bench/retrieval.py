@@ -164,12 +164,23 @@ def measure_exact_paths(index_dir: str, batches: list[int], calls: int = 5, k: i
                 path()
                 seconds[name].append(time.perf_counter() - started)
         median = {name: float(np.median(s)) for name, s in seconds.items()}
+        truth = [set(row) for row in _faiss_with_threshold(index, queries, k, 1)[1]]
         rows.append({"batch": batch, **{f"{name}_ms": round(m * 1e3, 3) for name, m in median.items()},
                      "over_read_pass": {name: round(m / median["read_pass"], 3)
                                         for name, m in median.items() if name != "read_pass"},
-                     "served": "exact_scan" if batch <= EXACT_SCAN_UP_TO_BATCH else "faiss_product"})
+                     "served": "exact_scan" if batch <= EXACT_SCAN_UP_TO_BATCH else "faiss_product",
+                     # Same work on every path: each returns every question's exact top-k (as a set; ties aside).
+                     "same_top_k": {name: [set(row) for row in _ids_of(path())] == truth
+                                    for name, path in paths.items() if name != "read_pass"}})
     faiss.cvar.distance_compute_blas_threshold = default_threshold
     return rows
+
+
+def _ids_of(found) -> np.ndarray:
+    """The ids int64[B, k] of one path's answer: FAISS's and the kernel's (scores, ids), torch's topk, numpy's ids."""
+    if hasattr(found, "indices"):
+        return found.indices.numpy()
+    return np.asarray(found[1] if isinstance(found, tuple) else found)
 
 
 def _faiss_with_threshold(index, queries, k, threshold):
