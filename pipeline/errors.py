@@ -19,6 +19,10 @@ class IndexFormatError(PipelineError):
     """An index directory is missing, incomplete or inconsistent with its manifest."""
 
 
+class StorageError(PipelineError):
+    """A file the project writes or reads cannot be (full disk, no permission, read-only file system, damage)."""
+
+
 class RetrievalError(PipelineError):
     """A retrieval call cannot be served (missing group, dead shard, bad query)."""
 
