@@ -43,9 +43,10 @@ def storage_errors(path: str | Path, doing: str = "writing") -> Iterator[None]:
 
 
 def temporary_sibling(path: str | Path) -> Path:
-    """A fresh hidden name beside `path` (same directory, so a rename onto `path` is atomic)."""
+    """A fresh hidden name beside `path` (same directory, so a rename onto `path` is atomic), with the same
+    extension (matplotlib, for one, picks the format from it)."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    return path.with_name(f".{path.stem}.tmp-{uuid.uuid4().hex[:8]}{path.suffix}")
 
 
 def write_atomically(path: str | Path, write: Callable[[Path], None]) -> Path:
