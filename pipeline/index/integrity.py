@@ -1,9 +1,9 @@
 """What a version's files should be, and the check that they are: each file's size in bytes and its CRC-32,
 recorded in the manifest (format 3) when the version is written, and compared before anything reads the files.
 
-CRC-32 (zlib) because it was the fastest stdlib checksum measured here on large files (docs/results.md,
-"Index file checksums": 1.5 GB/s against sha256's 1.0 and blake2b's 0.37) and it is meant to catch damage
-(a failed copy, changed bytes), not an adversary. Sizes are checked on every load (a stat per file); a
+CRC-32 (zlib): the fastest strong-enough stdlib checksum measured here on large files (docs/results.md,
+"Index file checksums", jobs/benchmark_checksums.py), and it is meant to catch damage (a failed copy,
+changed bytes), not an adversary. Sizes are checked on every load (a stat per file); a
 checksum reads the whole file, so callers choose which files to checksum (`verify_files(..., checksums=)`).
 """
 
