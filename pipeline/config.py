@@ -78,6 +78,10 @@ class RetrievalConfig:
                           ge=0)
     rerank_factor: int = option(
         1, "Approximate indexes: fetch k x this many candidates and keep the k best by exact inner product.", ge=1)
+    verify_checksums: bool = option(
+        False, "Each retrieval actor also checks the CRC-32 of the index's passages and vectors files when it loads "
+               "(a full read of each: about 1 minute per 64 GB, the vectors of 21M passages); sizes are always "
+               "checked, and each shard's FAISS file's checksum.")
     call_timeout_s: float = option(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
     keep_running: bool = option(True, "Leave the group running when the job ends (for later jobs and trials).")
     on_new_version: str = option(

@@ -2,6 +2,8 @@
 field or key at fault and what was expected, so a user can fix input without a
 traceback."""
 
+import re
+
 
 class PipelineError(Exception):
     """Base class: anything the user can fix by changing input or configuration."""
@@ -17,6 +19,10 @@ class DataError(PipelineError):
 
 class IndexFormatError(PipelineError):
     """An index directory is missing, incomplete or inconsistent with its manifest."""
+
+
+class StorageError(PipelineError):
+    """A file the project writes or reads cannot be (full disk, no permission, read-only file system, damage)."""
 
 
 class RetrievalError(PipelineError):
@@ -38,12 +44,31 @@ def unwrap_pipeline_error(error: BaseException) -> BaseException:
         seen.add(id(current))
         if isinstance(current, PipelineError):
             return type(current)(str(current))
+        raised_in_constructor = _constructor_error(current)
+        if raised_in_constructor is not None:
+            return raised_in_constructor
         cause = getattr(current, "cause", None)
         pending.append(cause if isinstance(cause, BaseException) else current.__cause__)
         failures = getattr(current, "worker_failures", None)
         if isinstance(failures, dict):
             pending.extend(failures[rank] for rank in sorted(failures))
     return error
+
+
+# Ray's ActorDiedError for an actor whose constructor raised keeps only the text of that error (its traceback,
+# ending in the exception's "module.Class: message" line), not the exception object.
+_CONSTRUCTOR_ERROR = re.compile(r"^pipeline\.errors\.(\w+): (.+)$", re.MULTILINE)
+
+
+def _constructor_error(error: BaseException) -> PipelineError | None:
+    """The PipelineError an actor's constructor raised, rebuilt from the text of Ray's ActorDiedError; else None."""
+    if not getattr(error, "actor_init_failed", False):
+        return None
+    found = _CONSTRUCTOR_ERROR.findall(str(error))
+    kind = globals().get(found[-1][0]) if found else None
+    if isinstance(kind, type) and issubclass(kind, PipelineError):
+        return kind(found[-1][1].strip())
+    return None
 
 
 def run_job(main) -> None:

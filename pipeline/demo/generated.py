@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import DataError
+from pipeline.storage import storage_errors
 
 _STAMP = "demo.json"  # {"version", "seed", "reading_steps"} of the demo in a directory
 
@@ -129,9 +130,10 @@ def ensure_generated(directory: str | Path, stamp: dict, generate: Callable[[Dem
     tmp = Path(tempfile.mkdtemp(prefix=f".{paths.directory.name}-", dir=paths.directory.parent))
     os.chmod(tmp, 0o755)  # mkdtemp's 0700 would hide the demo from other users of a shared cluster
     try:
-        generate(DemoPaths.at(tmp))
-        (tmp / _STAMP).write_text(json.dumps(stamp) + "\n")
-        _move_into_place(tmp, paths.directory, replace=reason != "absent")
+        with storage_errors(paths.directory, "generating"):  # a full disk: one line, and the finally cleans up
+            generate(DemoPaths.at(tmp))
+            (tmp / _STAMP).write_text(json.dumps(stamp) + "\n")
+            _move_into_place(tmp, paths.directory, replace=reason != "absent")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     note = "" if reason == "absent" else f", {reason}"

@@ -26,6 +26,7 @@ from pipeline.errors import (
 )
 from pipeline.index.manifest import (
     MANIFEST,
+    PASSAGES,
     VECTORS,
     IndexManifest,
     PassagesWriter,
@@ -49,6 +50,7 @@ from pipeline.model.encoders import (
 )
 from pipeline.options import check_section
 from pipeline.progress import Progress
+from pipeline.storage import storage_errors
 from pipeline.table_files import iter_checked_rows, read_dataset, require_text
 
 _ADD_CHUNK = 65_536
@@ -63,8 +65,11 @@ def split_into_passages(text: str, max_words: int) -> list[str]:
 def _split_batch(batch: dict, max_words: int) -> dict:
     titles, texts = [], []
     for title, text in zip(batch["title"], batch["text"]):
+        # check_documents let only text or null titles through, and Ray Data's JSON reader (pandas) reads a
+        # null as NaN: anything but a string is an empty title.
+        title = title if isinstance(title, str) else ""
         for passage in split_into_passages(text, max_words):
-            titles.append(title or "")
+            titles.append(title)
             texts.append(passage)
     return {"title": np.array(titles, dtype=object), "text": np.array(texts, dtype=object)}
 
@@ -110,7 +115,9 @@ def write_passages_and_vectors(ds, directory: Path, progress_label: str | None =
     build learns it only at the end)."""
     count, dimension, started = 0, None, time.perf_counter()
     progress = Progress(progress_label, total, "passages", every_s=log_every_s) if progress_label else None
-    with PassagesWriter(directory) as passages, open(directory / VECTORS, "wb") as vectors_out:
+    # One path for the two files written together: pyarrow's error on a full disk names no file.
+    with storage_errors(f"{directory}/{{{PASSAGES},{VECTORS}}}"), PassagesWriter(directory) as passages, \
+            open(directory / VECTORS, "wb") as vectors_out:
         for batch in ds.iter_batches(batch_format="numpy", batch_size=None):
             vectors = np.ascontiguousarray(batch["vector"], dtype=np.float32)
             dimension = dimension or vectors.shape[1]
@@ -155,18 +162,31 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
     _check_build_target(location, cfg.overwrite)
     documents = check_documents(kb)
     print(f"[build_index] {kb.documents}: {documents} documents", flush=True)
-    created = not location.exists()
-    building = begin_version(location)
+    created = _first_missing(location)
     try:
-        manifest = _build_into(building, kb, cfg)
-        version = publish_version(location, building)
+        building = begin_version(location)
+        try:
+            manifest = _build_into(building, kb, cfg)
+            version = publish_version(location, building)
+        except BaseException:
+            discard_building(building)
+            raise
     except BaseException:
-        discard_building(building)
-        if created:
-            shutil.rmtree(location, ignore_errors=True)
+        if created is not None:  # a location this build made (with any parents it made) goes with it
+            shutil.rmtree(created, ignore_errors=True)
         raise
     print(f"[build_index] wrote {version.directory} (CURRENT)", flush=True)
     return manifest
+
+
+def _first_missing(path: Path) -> Path | None:
+    """The outermost directory of `path` that does not exist yet (what a build creates), or None."""
+    missing = None
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            break
+        missing = candidate
+    return missing
 
 
 def _check_build_target(location: Path, overwrite: bool) -> None:
@@ -223,7 +243,8 @@ def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, re
     for shard in range(manifest.num_shards):
         start, end = manifest.shard_range(shard)
         index = _build_shard(vectors[start:end], manifest.factory, train_sample)
-        faiss.write_index(index, str(directory / shard_file(shard)))
+        with storage_errors(directory / shard_file(shard)):
+            faiss.write_index(index, str(directory / shard_file(shard)))
         log(f"[build_index] shard {shard}: {end - start} vectors, {manifest.factory}")
     log(f"[build_index] FAISS build {time.perf_counter() - started:.1f}s")
     indexes = [faiss.read_index(str(directory / shard_file(s)), faiss.IO_FLAG_MMAP_IFC)

@@ -1,14 +1,16 @@
 """The index version contract: one version directory of an index location (pipeline/index/versions.py),
 written once by `build_index` or a refresh and read by every retrieval actor.
 
-    manifest.json          IndexManifest below (written last: its presence marks a complete build)
+    manifest.json          IndexManifest below (written last: its presence marks a complete build), with the
+                           size and CRC-32 of every other file (pipeline/index/integrity.py)
     passages.arrow         id (int64, = row = FAISS id), title, text: an uncompressed Arrow IPC file, so every
                            actor on a node memory-maps the same pages instead of holding its own copy
     vectors.f32            exact passage vectors, raw float32 [count, dimension], memory-mappable
     shard_{s}.faiss        FAISS index over ids [offsets[s], offsets[s + 1])
 
 Format 1 kept the passages in passages.parquet (read into every actor's heap); it is refused with a request
-to rebuild rather than read two ways.
+to rebuild rather than read two ways. Format 2 has no file records: it is read with the checks it always had
+(vector file size, passage count), and FAISS's own errors on a damaged shard.
 """
 
 from __future__ import annotations
@@ -23,9 +25,12 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline.errors import IndexFormatError
+from pipeline.index.integrity import file_records, verify_files
 from pipeline.index.versions import is_location, resolve_version
+from pipeline.storage import storage_errors, write_text_atomically
 
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3
+READ_FORMATS = (2, 3)  # 2: the same files without their sizes and checksums in the manifest
 MANIFEST = "manifest.json"
 PASSAGES = "passages.arrow"
 VECTORS = "vectors.f32"
@@ -53,6 +58,8 @@ class IndexManifest:
     # and for a refresh "trained_at_step"}), so two versions are never mistaken for one another.
     build_id: str = dataclasses.field(default_factory=lambda: uuid.uuid4().hex)
     fingerprint: dict = dataclasses.field(default_factory=dict)
+    # Format 3: {file name: {"bytes": size, "crc32": checksum}} of every other file of the version.
+    files: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_shards(self) -> int:
@@ -62,8 +69,16 @@ class IndexManifest:
         """Global passage ids [start, end) held by `shard`."""
         return self.shard_offsets[shard], self.shard_offsets[shard + 1]
 
+    def data_files(self) -> list[str]:
+        """The files of a version besides the manifest."""
+        return [PASSAGES, VECTORS] + [shard_file(s) for s in range(self.num_shards)]
+
     def write(self, directory: Path) -> None:
-        (Path(directory) / MANIFEST).write_text(json.dumps(dataclasses.asdict(self), indent=2))
+        """Record the size and checksum of every data file of `directory`, then write manifest.json (atomically:
+        a manifest is there whole or not at all, and its presence marks the version complete)."""
+        self.format_version = FORMAT_VERSION
+        self.files = file_records(directory, self.data_files())
+        write_text_atomically(Path(directory) / MANIFEST, json.dumps(dataclasses.asdict(self), indent=2))
 
 
 def even_shard_offsets(count: int, shards: int) -> list[int]:
@@ -71,31 +86,39 @@ def even_shard_offsets(count: int, shards: int) -> list[int]:
     return [count * s // shards for s in range(shards + 1)]
 
 
-def read_manifest(directory: str | Path) -> IndexManifest:
+def read_manifest(directory: str | Path, checksums: list[str] | bool = ()) -> IndexManifest:
     """Read and check an index version's manifest against its files; IndexFormatError says what differs.
 
-    `directory` is a version directory, or an index location (its CURRENT version is read).
+    `directory` is a version directory, or an index location (its CURRENT version is read). Every file's size
+    is checked; the CRC-32 of the files named in `checksums` (True: all) too (format 3; format 2 records none).
     """
     directory = resolve_version(directory).directory
     path = directory / MANIFEST
     if not path.is_file():
         raise IndexFormatError(f"{path}: missing; {directory} is not a complete index directory")
     try:
-        raw = json.loads(path.read_text())
+        with storage_errors(path, "reading"):
+            raw = json.loads(path.read_text())
         manifest = IndexManifest(**raw)
-    except (json.JSONDecodeError, TypeError) as e:
+    except (json.JSONDecodeError, UnicodeDecodeError, TypeError) as e:
         raise IndexFormatError(f"{path}: not a valid manifest ({e})") from None
-    if manifest.format_version != FORMAT_VERSION:
+    if manifest.format_version not in READ_FORMATS:
         raise IndexFormatError(
-            f"{path}: format_version {manifest.format_version}, this code reads {FORMAT_VERSION}; rebuild the index "
-            f"into a new location (jobs/build_index.py --index.directory NEW_DIR)"
+            f"{path}: format_version {manifest.format_version}, this code reads "
+            f"{' and '.join(map(str, READ_FORMATS))}; rebuild the index into a new location "
+            f"(jobs/build_index.py --index.directory NEW_DIR)"
         )
     offsets = manifest.shard_offsets
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != manifest.count or sorted(offsets) != offsets:
         raise IndexFormatError(f"{path}: shard_offsets {offsets} do not cover count {manifest.count}")
-    for name in [PASSAGES, VECTORS] + [shard_file(s) for s in range(manifest.num_shards)]:
+    for name in manifest.data_files():
         if not (directory / name).is_file():
             raise IndexFormatError(f"{directory / name}: missing (manifest lists {manifest.num_shards} shards)")
+    if manifest.format_version >= 3:
+        unrecorded = [name for name in manifest.data_files() if name not in manifest.files]
+        if unrecorded:
+            raise IndexFormatError(f"{path}: no size and checksum recorded for {', '.join(unrecorded)}")
+        verify_files(directory, manifest.files, checksums)
     expected = manifest.count * manifest.dimension * 4
     actual = (directory / VECTORS).stat().st_size
     if actual != expected:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.errors import IndexFormatError
+from pipeline.storage import storage_errors, write_text_atomically
 
 CURRENT = "CURRENT"
 _VERSION = re.compile(r"^v(\d{4,})$")
@@ -81,34 +82,38 @@ def list_versions(location: str | Path) -> list[str]:
 def begin_version(location: str | Path) -> Path:
     """A fresh hidden directory in `location` to write a version into (publish it with `publish_version`)."""
     location = Path(location)
-    location.mkdir(parents=True, exist_ok=True)
     tmp = location / f".building-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    with storage_errors(tmp, "creating"):
+        location.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
     return tmp
 
 
 def publish_version(location: str | Path, building: Path) -> IndexVersion:
-    """Rename a complete `building` directory to the next vNNNN and point CURRENT at it (both atomic renames)."""
+    """Rename a complete `building` directory to the next vNNNN and point CURRENT at it (both atomic renames).
+    If CURRENT cannot be written (a full disk), the new version is removed again: nothing half-published stays."""
     location = Path(location)
     while True:
         versions = list_versions(location)
         name = f"v{int(versions[-1][1:]) + 1 if versions else 1:04d}"
         try:
-            os.rename(building, location / name)  # fails if a concurrent build took the name first: try the next
+            with storage_errors(location / name, "publishing"):
+                os.rename(building, location / name)  # fails if a concurrent build took the name: try the next
             break
         except OSError:
             if not (location / name).exists():
                 raise
-    set_current(location, name)
+    try:
+        set_current(location, name)
+    except BaseException:
+        shutil.rmtree(location / name, ignore_errors=True)
+        raise
     return IndexVersion(location.resolve(), name)
 
 
 def set_current(location: str | Path, name: str) -> None:
     """Point CURRENT at version `name`, atomically: readers see the old name or the new one, never a partial one."""
-    location = Path(location)
-    tmp = location / f".{CURRENT}.{uuid.uuid4().hex[:8]}"
-    tmp.write_text(name + "\n")
-    os.replace(tmp, location / CURRENT)
+    write_text_atomically(Path(location) / CURRENT, name + "\n")
 
 
 def discard_building(building: Path) -> None:

@@ -16,7 +16,7 @@ import psutil
 import ray
 
 from pipeline.config import RetrievalConfig
-from pipeline.errors import RetrievalError, unwrap_pipeline_error
+from pipeline.errors import PipelineError, RetrievalError, unwrap_pipeline_error
 from pipeline.index.manifest import read_manifest
 from pipeline.index.search import SearchParams
 from pipeline.index.versions import resolve_version
@@ -69,7 +69,7 @@ class RetrievalActor:
         directory = str(resolve_version(index_dir).directory)
         if directory not in self.versions:
             self.versions[directory] = ShardSearcher(directory, self.shard, self.cfg.faiss_threads,
-                                                     SearchParams.from_config(self.cfg))
+                                                     SearchParams.from_config(self.cfg), self.cfg.verify_checksums)
         return directory
 
     def search(self, queries, k: int, version: str | None = None):
@@ -138,8 +138,9 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
     """
     check_section(cfg, "retrieval")
     version = resolve_version(index_dir)
-    manifest = read_manifest(version.directory)
-    if list_members(cfg.group, cfg.namespace):
+    manifest = read_manifest(version.directory)  # every file's size, on the driver, before any actor starts
+    fresh = not list_members(cfg.group, cfg.namespace)
+    if not fresh:
         serving = served_version(cfg.group, cfg.namespace)
         if serving is None or serving.location != version.location:
             raise RetrievalError(
@@ -175,7 +176,15 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
             f"{cfg.actor_num_cpus} CPU and resources {cfg.actor_resources} free for each?"
         ) from None
     except ray.exceptions.RayError as e:
-        raise unwrap_pipeline_error(e) from None
+        # A replica's constructor raised (a damaged shard file, ...): Ray does not restart an actor whose
+        # constructor raised, and the replicas that did load must not stay behind as half a group.
+        if fresh:
+            stop_retrieval_group(cfg.group, cfg.namespace)
+        error = unwrap_pipeline_error(e)
+        if isinstance(error, PipelineError):
+            raise error from None
+        raise RetrievalError(f"retrieval group {cfg.group!r}: a replica failed to load {version.directory} "
+                             f"({str(e).strip().splitlines()[0][:200]})") from None
 
 
 def _describe(handle, timeout_s: float) -> dict:

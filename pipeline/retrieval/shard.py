@@ -9,20 +9,28 @@ import numpy as np
 
 from pipeline.errors import IndexFormatError, RetrievalError
 from pipeline.index.exact_scan import compile_exact_scan
-from pipeline.index.manifest import open_passages, open_vectors, read_manifest, shard_file
+from pipeline.index.manifest import PASSAGES, VECTORS, open_passages, open_vectors, read_manifest, shard_file
 from pipeline.index.search import SearchParams, effective_settings, search_shard
 from pipeline.index.versions import resolve_version
 from pipeline.retrieval.result import RetrievalResult
 
 
 class ShardSearcher:
-    """Holds shard `shard` of `index_dir`: its FAISS index, and memory maps of its passages and exact vectors."""
+    """Holds shard `shard` of `index_dir`: its FAISS index, and memory maps of its passages and exact vectors.
+
+    Before FAISS reads anything, every file's size is checked against the manifest and the shard's FAISS file
+    against its checksum; with `verify_checksums` the (large) passages and vectors files' checksums too.
+    """
 
     def __init__(self, index_dir: str | Path, shard: int, faiss_threads: int = 1,
-                 params: SearchParams = SearchParams()):
+                 params: SearchParams = SearchParams(), verify_checksums: bool = False):
         # A location serves its CURRENT version; this searcher keeps serving that version's files.
         self.index_dir = resolve_version(index_dir).directory
-        self.manifest = read_manifest(self.index_dir)
+        # A shard's FAISS file is checksummed on every load: FAISS reads a damaged one into garbage or a crash.
+        # The vectors and passages are read as memory maps and cost a full read pass (64 GB at 21M passages),
+        # so only on request (retrieval.verify_checksums).
+        checksums = [shard_file(shard)] + ([PASSAGES, VECTORS] if verify_checksums else [])
+        self.manifest = read_manifest(self.index_dir, checksums=checksums)
         if not 0 <= shard < self.manifest.num_shards:
             raise IndexFormatError(f"{self.index_dir}: no shard {shard} (manifest has {self.manifest.num_shards})")
         self.shard = shard
@@ -31,7 +39,7 @@ class ShardSearcher:
         self.faiss_threads = faiss_threads
         self.params = params
         # Memory-map the index codes, the exact vectors and the passages, so replicas on one node share pages.
-        self.index = faiss.read_index(str(self.index_dir / shard_file(shard)), faiss.IO_FLAG_MMAP_IFC)
+        self.index = read_shard_index(self.index_dir / shard_file(shard))
         if self.index.ntotal != self.end - self.start or self.index.d != self.manifest.dimension:
             raise IndexFormatError(
                 f"{self.index_dir / shard_file(shard)}: {self.index.ntotal} vectors of dimension {self.index.d}, "
@@ -74,6 +82,17 @@ class ShardSearcher:
     def settings(self) -> dict:
         """The search as served: threads, and nprobe / ef_search / rerank_factor for approximate indexes."""
         return {"faiss_threads": self.faiss_threads, **effective_settings(self.index, self.params)}
+
+
+def read_shard_index(path: Path) -> faiss.Index:
+    """A shard's FAISS index, memory-mapped; IndexFormatError for a file FAISS cannot read (a format 2 index
+    records no checksum, so a damaged shard is first seen here)."""
+    try:
+        return faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError as e:
+        reason = str(e).strip().splitlines()[-1][:200]
+        raise IndexFormatError(f"{path}: FAISS cannot read it ({reason}); copy the index again or rebuild it") \
+            from None
 
 
 class RowLookup:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +26,8 @@ import ray.train
 import torch
 
 from pipeline.model.rag import load_rag_model, save_rag_model
+from pipeline.errors import StorageError
+from pipeline.storage import replace_directory, storage_errors, write_atomically, write_text_atomically
 
 MODEL_DIR = "model"
 STATE_FILE = "training_state.pt"
@@ -55,21 +58,40 @@ class Restored:
 
 
 def save_checkpoint(directory: Path, parts, optimizer, scheduler, state: TrainState, history: list[dict]) -> None:
-    """Write a checkpoint directory (see the module docstring) that `restore_checkpoint` reads."""
-    save_rag_model(parts, directory / MODEL_DIR)
-    # Tensors and plain values only, so loading can use weights_only=True (nothing unpickled runs code).
-    torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                "state": dataclasses.asdict(state)}, directory / STATE_FILE)
-    (directory / HISTORY_FILE).write_text(json.dumps(history))
+    """Write a checkpoint directory (see the module docstring) that `restore_checkpoint` reads; StorageError
+    naming the directory for a full disk or a file system that refuses the write. (Ray Train then copies the
+    directory to the run's storage as a whole, so a half-written one is never registered.)"""
+    with storage_errors(directory):
+        save_rag_model(parts, directory / MODEL_DIR)
+        # Tensors and plain values only, so loading can use weights_only=True (nothing unpickled runs code).
+        torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                    "state": dataclasses.asdict(state)}, directory / STATE_FILE)
+        (directory / HISTORY_FILE).write_text(json.dumps(history))
 
 
 def restore_checkpoint(checkpoint) -> Restored:
-    """The model, optimizer/scheduler state dicts, TrainState and history of a Ray Train checkpoint."""
+    """The model, optimizer/scheduler state dicts, TrainState and history of a Ray Train checkpoint.
+    StorageError naming the file for a damaged or unreadable training state or history (read before the model,
+    which is the slow part)."""
     with checkpoint.as_directory() as ckpt:
+        saved = _read_checkpoint_file(Path(ckpt) / STATE_FILE,
+                                      lambda p: torch.load(p, weights_only=True, map_location="cpu"))
+        history = _read_checkpoint_file(Path(ckpt) / HISTORY_FILE, lambda p: json.loads(p.read_text()))
         parts = load_rag_model(Path(ckpt) / MODEL_DIR)
-        saved = torch.load(Path(ckpt) / STATE_FILE, weights_only=True, map_location="cpu")
-        history = json.loads((Path(ckpt) / HISTORY_FILE).read_text())
     return Restored(parts, saved["optimizer"], saved["scheduler"], TrainState(**saved["state"]), history)
+
+
+def _read_checkpoint_file(path: Path, read):
+    """`read(path)`, or StorageError naming `path` when it is missing, unreadable or damaged."""
+    if not path.is_file():
+        raise StorageError(f"{path}: missing from the checkpoint; resume from an earlier checkpoint or start over")
+    try:
+        with storage_errors(path, "reading"):
+            return read(path)
+    except (RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:  # torch's, json's "damaged"
+        reason = str(e).strip().splitlines()[0][:120] if str(e).strip() else type(e).__name__
+        raise StorageError(f"{path}: damaged checkpoint file ({reason}); resume from an earlier checkpoint or "
+                           f"start over") from None
 
 
 def read_history(checkpoint_path: str) -> list[dict]:
@@ -83,14 +105,16 @@ def read_history(checkpoint_path: str) -> list[dict]:
 
 
 def export_model(checkpoint, destination: Path) -> Path:
-    """Copy the model of a Ray Train checkpoint to `destination` (replacing it) and check that it loads alone."""
-    destination = Path(destination)
+    """Copy the model of a Ray Train checkpoint to `destination` (replacing it) and check that it loads alone.
+
+    The copy is made and loaded beside `destination` and renamed into place only then: a full disk or an
+    interrupted export leaves the previous model whole (StorageError naming the path), never half a model."""
+    def copy_and_load(tmp: Path) -> None:
+        shutil.copytree(Path(ckpt) / MODEL_DIR, tmp, dirs_exist_ok=True)
+        load_rag_model(tmp)  # the exported model must load on its own before we say it exists
+
     with checkpoint.as_directory() as ckpt:
-        if destination.exists():
-            shutil.rmtree(destination)
-        shutil.copytree(Path(ckpt) / MODEL_DIR, destination)
-    load_rag_model(destination)  # the exported model must load on its own before we say it exists
-    return destination
+        return replace_directory(destination, copy_and_load)
 
 
 def best_checkpoint(result, metric: str, mode: str):
@@ -115,13 +139,15 @@ def final_model_dir(output_dir: str | Path) -> Path:
 def write_run_outputs(output_dir: str | Path, history: list[dict], loss_curve: list) -> dict[str, Path]:
     """metrics.json (history), curves.json and curves.png beside the model; returns {name: path}."""
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with storage_errors(out, "creating"):
+        out.mkdir(parents=True, exist_ok=True)
     files = {"metrics": out / "metrics.json", "curves_json": out / "curves.json", "curves_png": out / "curves.png"}
-    files["metrics"].write_text(json.dumps(history, indent=2))
+    # Each file whole or not replaced: a full disk leaves the previous run's files as they were.
+    write_text_atomically(files["metrics"], json.dumps(history, indent=2))
     dev = {name: [[row["step"], row[name]] for row in history if row.get(name) == row.get(name) and name in row]
            for name in CURVE_METRICS}
-    files["curves_json"].write_text(json.dumps({"train_loss": loss_curve, **dev}, indent=2))
-    plot_curves(files["curves_png"], loss_curve, dev)
+    write_text_atomically(files["curves_json"], json.dumps({"train_loss": loss_curve, **dev}, indent=2))
+    write_atomically(files["curves_png"], lambda tmp: plot_curves(tmp, loss_curve, dev))
     return files
 
 

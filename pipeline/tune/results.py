@@ -16,6 +16,7 @@ import yaml
 
 from pipeline.config import RunConfig
 from pipeline.train.checkpoints import export_model
+from pipeline.storage import storage_errors, write_atomically, write_text_atomically
 
 TABLE_METRICS = ("epoch", "train_loss", "dev_exact_match", "dev_f1", "dev_hit@k", "dev_recall@1")
 
@@ -25,12 +26,15 @@ def write_sweep_results(out: Path, rows: list[dict], best: dict, best_config: Ru
     files = {"results_csv": out / "results.csv", "results_json": out / "results.json",
              "plot": out / f"{metric.replace('@', '_at_')}_per_epoch.png", "best_config": out / "best_config.yaml",
              "best_model": out / "best_model"}
-    out.mkdir(parents=True, exist_ok=True)
-    write_csv(files["results_csv"], rows)
-    files["results_json"].write_text(json.dumps(
+    with storage_errors(out, "creating"):
+        out.mkdir(parents=True, exist_ok=True)
+    # Each file whole or not replaced (StorageError naming it on a full disk); the model through export_model.
+    write_atomically(files["results_csv"], lambda tmp: write_csv(tmp, rows))
+    write_text_atomically(files["results_json"], json.dumps(
         {"metric": metric, "best_trial": best["trial_id"], "trials": rows}, indent=2, default=_native))
-    plot_metric(files["plot"], rows, metric)
-    files["best_config"].write_text(
+    write_atomically(files["plot"], lambda tmp: plot_metric(tmp, rows, metric))
+    write_text_atomically(
+        files["best_config"],
         f"# Best trial {best['trial_id']} of the sweep in {out}: {metric} = {best['metrics'].get(metric)}\n"
         f"# Overrides: {best['overrides']}\n"
         f"# Re-run it: python jobs/finetune.py --config {files['best_config']}\n"

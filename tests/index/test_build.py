@@ -196,7 +196,7 @@ def test_index_of_the_previous_format_asks_for_a_rebuild(flat_index, tmp_path):
     manifest["format_version"] = 1
     (old / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(IndexFormatError,
-                       match=r"format_version 1, this code reads 2; rebuild the index into a new location"):
+                       match=r"format_version 1, this code reads 2 and 3; rebuild the index into a new location"):
         read_manifest(old)
 
 
