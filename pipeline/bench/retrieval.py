@@ -20,7 +20,11 @@ import ray
 from pipeline.bench.retrieval_workers import WorkerSet
 from pipeline.bench.timing import load_average
 from pipeline.config import RetrievalConfig
-from pipeline.index.exact_scan import EXACT_SCAN_UP_TO_BATCH, compile_exact_scan, exact_top_k
+from pipeline.index.exact_scan import (
+    EXACT_SCAN_UP_TO_BATCH,
+    compile_exact_scan,
+    exact_top_k,
+)
 from pipeline.index.manifest import open_vectors, read_manifest, shard_file
 from pipeline.options import option
 from pipeline.retrieval.group import (

@@ -9,7 +9,14 @@ import numpy as np
 
 from pipeline.errors import IndexFormatError, RetrievalError
 from pipeline.index.exact_scan import compile_exact_scan
-from pipeline.index.manifest import PASSAGES, VECTORS, open_passages, open_vectors, read_manifest, shard_file
+from pipeline.index.manifest import (
+    PASSAGES,
+    VECTORS,
+    open_passages,
+    open_vectors,
+    read_manifest,
+    shard_file,
+)
 from pipeline.index.search import SearchParams, effective_settings, search_shard
 from pipeline.index.versions import resolve_version
 from pipeline.retrieval.result import RetrievalResult

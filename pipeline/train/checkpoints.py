@@ -25,9 +25,14 @@ from pathlib import Path
 import ray.train
 import torch
 
-from pipeline.model.rag import load_rag_model, save_rag_model
 from pipeline.errors import StorageError
-from pipeline.storage import replace_directory, storage_errors, write_atomically, write_text_atomically
+from pipeline.model.rag import load_rag_model, save_rag_model
+from pipeline.storage import (
+    replace_directory,
+    storage_errors,
+    write_atomically,
+    write_text_atomically,
+)
 
 MODEL_DIR = "model"
 STATE_FILE = "training_state.pt"

@@ -15,8 +15,8 @@ import ray.train
 import yaml
 
 from pipeline.config import RunConfig
-from pipeline.train.checkpoints import export_model
 from pipeline.storage import storage_errors, write_atomically, write_text_atomically
+from pipeline.train.checkpoints import export_model
 
 TABLE_METRICS = ("epoch", "train_loss", "dev_exact_match", "dev_f1", "dev_hit@k", "dev_recall@1")
 

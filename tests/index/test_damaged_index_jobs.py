@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from pipeline.errors import run_job
-from pipeline.retrieval.group import list_members
+from pipeline.retrieval.group_record import list_members
 from tests.conftest import TEST_NAMESPACE
 from tests.index.test_index_integrity import flip_byte
 

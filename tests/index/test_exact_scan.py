@@ -7,8 +7,13 @@ import numpy as np
 import pytest
 
 from pipeline.index import exact_scan
-from pipeline.index.exact_scan import EXACT_SCAN_UP_TO_BATCH, compile_exact_scan, exact_search, exact_top_k
-from pipeline.retrieval.search import SearchParams, search_shard
+from pipeline.index.exact_scan import (
+    EXACT_SCAN_UP_TO_BATCH,
+    compile_exact_scan,
+    exact_search,
+    exact_top_k,
+)
+from pipeline.index.search import SearchParams, search_shard
 
 
 def _faiss_exact(vectors, queries, k):

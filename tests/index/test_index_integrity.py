@@ -12,8 +12,15 @@ import pytest
 from pipeline.config import RetrievalConfig
 from pipeline.errors import IndexFormatError
 from pipeline.index.integrity import file_checksum, verify_files
-from pipeline.index.manifest import FORMAT_VERSION, MANIFEST, PASSAGES, VECTORS, read_manifest
-from pipeline.retrieval.group import list_members, start_retrieval_group
+from pipeline.index.manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    PASSAGES,
+    VECTORS,
+    read_manifest,
+)
+from pipeline.retrieval.group import start_retrieval_group
+from pipeline.retrieval.group_record import list_members
 from pipeline.retrieval.shard import ShardSearcher
 from tests.conftest import TEST_NAMESPACE
 

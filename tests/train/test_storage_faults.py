@@ -13,8 +13,14 @@ import torch
 from pipeline.config import RunConfig
 from pipeline.demo.generated import ensure_generated
 from pipeline.errors import ModelLoadError, StorageError
-from pipeline.train.checkpoints import HISTORY_FILE, MODEL_DIR, STATE_FILE, export_model, restore_checkpoint, \
-    write_run_outputs
+from pipeline.train.checkpoints import (
+    HISTORY_FILE,
+    MODEL_DIR,
+    STATE_FILE,
+    export_model,
+    restore_checkpoint,
+    write_run_outputs,
+)
 from pipeline.tune.results import write_sweep_results
 from tests.tmpfs import fill, mounted_tmpfs, remount_read_only
 
