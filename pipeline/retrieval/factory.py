@@ -16,8 +16,16 @@ from pipeline.retrieval.search import SearchParams
 MODES = ("ray", "torch", "local")
 
 
-def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int):
-    """RetrievalClient ('ray': the running group cfg.group), TorchDistributedRetriever ('torch') or LocalRetriever."""
+def make_retriever(mode: str, index_dir: str, cfg: RetrievalConfig, rank: int, run_id: str = "", step=None):
+    """RetrievalClient ('ray': the running group cfg.group), TorchDistributedRetriever ('torch') or LocalRetriever.
+
+    With a `run_id` (a training run's; `step()` its current step) the 'ray' client restarts its group once per
+    run if the group is lost under it (pipeline/retrieval/recovery.py).
+    """
+    if mode == "ray" and run_id:
+        from pipeline.retrieval.recovery import RecoveringClient
+
+        return RecoveringClient(cfg, run_id, rank, step or (lambda: 0))
     if mode == "ray":
         from pipeline.retrieval.client import RetrievalClient
 
@@ -41,7 +49,9 @@ def open_retriever(config):
         from pipeline.ray_session import connect_ray
         from pipeline.retrieval.group import start_retrieval_group
 
-        connect_ray()
+        if not connect_ray().joined:
+            print(f"[retrieval] no Ray cluster was running: group {config.retrieval.group!r} runs on this job's own "
+                  f"cluster and ends with it when the job exits", flush=True)
         start_retrieval_group(config.index.directory, config.retrieval)
         return make_retriever("ray", config.index.directory, config.retrieval, rank=0)
     return make_retriever("local", config.index.directory, config.retrieval, rank=0)

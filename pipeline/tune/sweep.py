@@ -22,6 +22,7 @@ Layout of tune.output_dir (on a multi-node cluster, storage every node sees, as 
 
 from __future__ import annotations
 
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,16 +57,17 @@ def train_trial(trial_config: dict, base: dict, prepared, trials_dir: str) -> No
     import ray.tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from pipeline.train.finetune import make_trainer
+    from pipeline.train.finetune import fit_run, make_trainer
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
     cfg.train.output_dir = str(Path(trials_dir) / trial_id)
+    run_id = uuid.uuid4().hex  # the trial's own budget of retrieval group restarts
     if cfg.refresh.every_steps > 0:
         with own_retrieval_group(cfg, trial_id):
-            make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+            fit_run(make_trainer(cfg, prepared, callbacks=[TuneReportCallback()], run_id=run_id), run_id)
     else:
-        make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+        fit_run(make_trainer(cfg, prepared, callbacks=[TuneReportCallback()], run_id=run_id), run_id)
 
 
 @contextmanager
