@@ -12,7 +12,7 @@ group with it, when the command exits); `status` and `stop` say so instead of st
 import json
 
 from pipeline.config import build_parser, parse_config
-from pipeline.errors import RetrievalError, run_job
+from pipeline.errors import ClusterError, RetrievalError, run_job
 from pipeline.ray_session import NO_CLUSTER_HINT, connect_ray, where_ray_looks
 from pipeline.retrieval.group import (
     group_status,
@@ -29,11 +29,11 @@ def main(argv=None) -> int:
     session = connect_ray(start=False)
     if session is None:
         if args.action == "start":
-            raise RetrievalError(f"no Ray cluster is running to keep retrieval group {r.group!r} after this command "
-                                 f"exits ({where_ray_looks()}); {NO_CLUSTER_HINT}")
+            raise ClusterError(f"no Ray cluster is running to keep retrieval group {r.group!r} after this command "
+                               f"exits ({where_ray_looks()}); {NO_CLUSTER_HINT}")
         if args.action == "status":
-            raise RetrievalError(f"retrieval group {r.group!r} is not running: no Ray cluster is running "
-                                 f"({where_ray_looks()})")
+            raise ClusterError(f"retrieval group {r.group!r} is not running: no Ray cluster is running "
+                               f"({where_ray_looks()})")
         print(f"nothing to stop: no Ray cluster is running ({where_ray_looks()})")
         return 0
     where = f"on the Ray cluster at {session.address}"

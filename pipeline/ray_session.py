@@ -11,6 +11,7 @@ import ray
 from ray._common.utils import get_ray_address_file
 from ray._private import services
 
+from pipeline.errors import ClusterError
 from pipeline.output import ray_init_kwargs, worker_runtime_env
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -101,8 +102,13 @@ def connect_ray(num_cpus: int | None = None, start: bool = True) -> RaySession |
         runtime_env["env_vars"]["PYTHONPATH"] = python_path
         kwargs["runtime_env"] = runtime_env
     if address is not None:
-        # Joining: Ray refuses num_cpus/include_dashboard for a cluster that exists (its own settings hold).
-        ray.init(address=address, **kwargs)
+        # Joining: Ray refuses num_cpus/include_dashboard for a cluster that exists (its own settings hold). No
+        # address argument: ray.init() finds the same one, and only a cluster it finds itself gets the token of
+        # ~/.ray/auth_token (token authentication, on by default for `ray start` heads) without RAY_AUTH_MODE.
+        try:
+            ray.init(**kwargs)
+        except ConnectionError as e:
+            raise ClusterError(f"cannot reach the Ray cluster at {address}: {str(e).splitlines()[0]}") from None
         print(f"[ray] joined the Ray cluster at {address}", flush=True)
         return RaySession(address, joined=True)
     # Ray's CPUs are scheduling slots, not cores: the demo's trainers, retrieval actor and Ray Data tasks

@@ -92,7 +92,10 @@ class RecoveringClient:
                                version_check_s=c.version_check_s)
 
     def __getattr__(self, name):  # dimension, count, version, last_call_s, ...: the client's
-        return getattr(self.__dict__["client"], name)
+        client = self.__dict__.get("client")
+        if client is None:
+            raise AttributeError(name)
+        return getattr(client, name)
 
     def retrieve(self, vectors, k: int):
         """RetrievalClient.retrieve; a lost group is restarted on the same version and the call asked again."""
