@@ -14,15 +14,23 @@ Every input is checked before Ray starts.
 
 from pipeline.config import parse_config
 from pipeline.errors import run_job
+from pipeline.progress import say
 from pipeline.ray_session import connect_ray
-from pipeline.train.finetune import format_summary, run_finetune, stop_group_unless_kept
+from pipeline.train.finetune import (
+    format_summary,
+    group_lifetime_note,
+    run_finetune,
+    stop_group_unless_kept,
+)
 from pipeline.train.qa_data import check_training_inputs
 
 
 def main(argv=None) -> int:
     config, _ = parse_config(argv, __doc__)
     check_training_inputs(config)  # bad input fails here, before the cluster, the group or a worker starts
-    connect_ray()
+    note = group_lifetime_note(config, connect_ray(), "finetune")
+    if note:
+        say(note)
     try:
         result = run_finetune(config)
     finally:

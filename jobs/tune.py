@@ -13,8 +13,9 @@ and best_model/. Running the same command again resumes an interrupted sweep; fi
 
 from pipeline.config import parse_config
 from pipeline.errors import run_job
+from pipeline.progress import say
 from pipeline.ray_session import connect_ray
-from pipeline.train.finetune import stop_group_unless_kept
+from pipeline.train.finetune import group_lifetime_note, stop_group_unless_kept
 from pipeline.train.qa_data import check_training_inputs
 from pipeline.tune.results import format_trials
 from pipeline.tune.search_space import check_sweep_config
@@ -25,7 +26,9 @@ def main(argv=None) -> int:
     config, _ = parse_config(argv, __doc__)
     check_sweep_config(config)  # bad search space, metric or input: fail before starting Ray
     check_training_inputs(config)
-    connect_ray()
+    note = group_lifetime_note(config, connect_ray(), "tune")
+    if note:
+        say(note)
     try:
         result = run_tune(config)
     finally:

@@ -29,6 +29,10 @@ class RetrievalError(PipelineError):
     """A retrieval call cannot be served (missing group, dead shard, bad query)."""
 
 
+class ClusterError(PipelineError):
+    """No Ray cluster to run on where one is needed, or one that cannot be reached."""
+
+
 class ModelLoadError(PipelineError):
     """A model or tokenizer cannot be found or does not fit the index."""
 

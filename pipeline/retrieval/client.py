@@ -35,6 +35,11 @@ def _cause(error: ray.exceptions.RayTaskError) -> BaseException:
     return cause if isinstance(cause, VersionUnavailable) else unwrap_pipeline_error(error)
 
 
+class ShardUnavailable(RetrievalError):
+    """Every replica of a shard failed one call (dead, gone or timed out); pipeline/retrieval/recovery.py tells a
+    lost group from a slow one."""
+
+
 _FAILOVER_ERRORS = (ray.exceptions.RayActorError, ray.exceptions.ActorUnavailableError, ray.exceptions.GetTimeoutError)
 
 
@@ -129,7 +134,7 @@ class RetrievalClient:
                     future = replicas[replica].search.remote(ref, k, self.version)
             except ray.exceptions.RayTaskError as e:
                 raise _cause(e) from None
-        raise RetrievalError(
+        raise ShardUnavailable(
             f"retrieval group {self.group!r}: every replica of shard {shard} failed ({'; '.join(errors)})"
         )
 

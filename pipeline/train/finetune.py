@@ -12,6 +12,7 @@ whose workers run `pipeline/train/loop.py`, export the best model.
 from __future__ import annotations
 
 import shutil
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from pipeline.output import train_logging_config
 from pipeline.progress import say
 from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
 from pipeline.retrieval.modes import retrieval_mode
+from pipeline.retrieval.recovery import GroupLostError, forget_run, run_failure
 from pipeline.train import checkpoints
 from pipeline.train.checks import check_config_fits_index, check_model_fits_index
 from pipeline.train.loop import train_loop_per_worker
@@ -65,7 +67,8 @@ def run_finetune(cfg: RunConfig) -> FinetuneResult:
     if not t.resume and (storage / checkpoints.RUN_NAME).exists():
         shutil.rmtree(storage / checkpoints.RUN_NAME)
     say(describe_training(cfg, prepared))
-    result = make_trainer(cfg, prepared).fit()
+    run_id = uuid.uuid4().hex
+    result = fit_run(make_trainer(cfg, prepared, run_id=run_id), run_id)
     if result.checkpoint is None:
         raise RuntimeError(f"training produced no checkpoint (see {storage})")
     history = checkpoints.read_history(result.checkpoint.path)
@@ -124,15 +127,29 @@ def describe_training(cfg: RunConfig, prepared: PreparedRun) -> str:
             f"trains the generator{''.join(', ' + e for e in encoders)}{refresh}; output {t.output_dir}")
 
 
-def make_trainer(cfg: RunConfig, prepared: PreparedRun, callbacks=()):
-    """The TorchTrainer of one fine-tuning run. Checkpoints live under train.output_dir/ray_train/finetune, so a
+def fit_run(trainer, run_id: str):
+    """trainer.fit(); GroupLostError if the workers ended the run because its retrieval group was lost for good
+    (they stop without raising, so that Ray Train spends no restart on it: pipeline/retrieval/recovery.py)."""
+    try:
+        result = trainer.fit()
+        failure = run_failure(run_id)
+    finally:
+        forget_run(run_id)
+    if failure:
+        raise GroupLostError(failure)
+    return result
+
+
+def make_trainer(cfg: RunConfig, prepared: PreparedRun, callbacks=(), run_id: str = ""):
+    """The TorchTrainer of one fine-tuning run (`run_id`: the key of its retrieval group's restart budget; ""
+    for none). Checkpoints live under train.output_dir/ray_train/finetune, so a
     rerun (or a restarted Tune trial) with the same output_dir resumes from the latest; the best by
     train.best_metric is kept beside it for export."""
     t = cfg.train
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "index": prepared.index.to_dict(),
-                           "steps_per_epoch": steps_per_epoch(prepared.train_examples, t)},
+                           "steps_per_epoch": steps_per_epoch(prepared.train_examples, t), "run_id": run_id},
         scaling_config=ScalingConfig(num_workers=t.num_workers, use_gpu=t.use_gpu,
                                      resources_per_worker={"CPU": t.cpus_per_worker}),
         run_config=RayRunConfig(
@@ -174,6 +191,16 @@ def _make_paths_absolute(cfg: RunConfig) -> None:
         value = getattr(getattr(cfg, section), key)
         if value and Path(value).exists():
             setattr(getattr(cfg, section), key, str(Path(value).resolve()))
+
+
+def group_lifetime_note(cfg: RunConfig, session, job: str) -> str | None:
+    """One line for a job that keeps its retrieval group running on a cluster it started itself: the group ends
+    with that cluster when the job exits, so the job must not let `retrieval.keep_running` promise more."""
+    if session is None or session.joined or cfg.retrieval.mode != "ray" or not cfg.retrieval.keep_running:
+        return None
+    return (f"[{job}] no Ray cluster was running, so this job runs on its own (at {session.address}): retrieval "
+            f"group {cfg.retrieval.group!r} ends with it when the job exits; to keep the group for later jobs, "
+            f"start a cluster first with `ray start --head`")
 
 
 def stop_group_unless_kept(cfg: RunConfig) -> None:

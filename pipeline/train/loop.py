@@ -22,6 +22,7 @@ from pipeline.model.rag import build_rag_model
 from pipeline.model.rag_with_retrieval import RagWithRetrieval
 from pipeline.progress import Progress, say
 from pipeline.retrieval.factory import make_retriever
+from pipeline.retrieval.recovery import GroupLostError, record_run_failure
 from pipeline.train.checkpoints import TrainState, restore_checkpoint, save_checkpoint
 from pipeline.train.evaluation import gather_rows, predict, summarize_rows
 from pipeline.train.optimizer import build_optimizer
@@ -31,9 +32,10 @@ from pipeline.train.refresh_schedule import IndexRefresh
 
 def train_loop_per_worker(loop_config: dict) -> None:
     """Runs on every TorchTrainer worker. loop_config: {"run": RunConfig dict, "index": IndexSettings dict,
-    "steps_per_epoch": int}."""
+    "steps_per_epoch": int, "run_id": str}."""
+    run_id = loop_config.get("run_id", "")
     run = set_up(config_from_dict(loop_config["run"]), IndexSettings(**loop_config["index"]),
-                 loop_config["steps_per_epoch"])
+                 loop_config["steps_per_epoch"], run_id)
     try:
         for epoch in range(run.state.epoch, run.cfg.train.epochs):
             if run.done():
@@ -41,6 +43,11 @@ def train_loop_per_worker(loop_config: dict) -> None:
             losses, train_s = train_one_epoch(run, epoch)
             metrics = evaluate(run, epoch, losses, train_s)
             report(run, metrics)
+    except GroupLostError as lost:
+        # Every rank gets here at the same step (_agree_group_alive) and returns: a raise would have Ray Train
+        # restart the workers (max_failures) against a group that is gone. The driver raises the reason.
+        if not isinstance(lost, _LostOnAnotherRank):
+            record_run_failure(run_id, str(lost))
     finally:
         run.close()
 
@@ -75,7 +82,7 @@ class WorkerRun:
             self.refresh.close(self.state.step)
 
 
-def set_up(cfg: RunConfig, index: IndexSettings, steps_per_epoch: int) -> WorkerRun:
+def set_up(cfg: RunConfig, index: IndexSettings, steps_per_epoch: int, run_id: str = "") -> WorkerRun:
     """Build or restore the model, connect to retrieval, wrap for DDP, restore optimizer state and refresh schedule."""
     t = cfg.train
     hf_logging.disable_progress_bar()  # one bar per checkpoint save and model load, from every worker
@@ -98,7 +105,8 @@ def set_up(cfg: RunConfig, index: IndexSettings, steps_per_epoch: int) -> Worker
                                 else None)
         state, history = TrainState(), []
     parts.head.config.label_smoothing = cfg.model.label_smoothing
-    retriever = make_retriever(cfg.retrieval.mode, cfg.index.directory, cfg.retrieval, rank)
+    retriever = make_retriever(cfg.retrieval.mode, cfg.index.directory, cfg.retrieval, rank, run_id=run_id,
+                               step=lambda: state.step)
     rag = RagWithRetrieval.for_run(parts, retriever, cfg, index, seed=t.seed + rank)
     model = ray.train.torch.prepare_model(rag, parallel_strategy_kwargs={"find_unused_parameters": False})
     rag.train()
@@ -119,7 +127,7 @@ def set_up(cfg: RunConfig, index: IndexSettings, steps_per_epoch: int) -> Worker
 
 def train_one_epoch(run: WorkerRun, epoch: int) -> tuple[list[float], float]:
     """One pass over this worker's shard of the training data; returns (per-batch losses, seconds)."""
-    cfg, t = run.cfg, run.cfg.train
+    t = run.cfg.train
     losses, curve_losses, micro = [], [], 0
     run.rag.retrieval_seconds.clear()
     steps_left = run.total_steps - run.state.step
@@ -128,8 +136,7 @@ def train_one_epoch(run: WorkerRun, epoch: int) -> tuple[list[float], float]:
     shard = ray.train.get_dataset_shard("train")
     for batch in shard.iter_torch_batches(batch_size=t.batch_size, drop_last=True,
                                           collate_fn=TrainingBatch(run.device)):
-        with _autocast(cfg, run.device):
-            loss = run.model(batch["question"], batch["question_ids"], batch["question_mask"], batch["labels"])
+        loss = step_loss(run, batch)
         run.scaler.scale(loss / t.grad_accum).backward()
         losses.append(loss.item())
         curve_losses.append(losses[-1])
@@ -152,6 +159,35 @@ def train_one_epoch(run: WorkerRun, epoch: int) -> tuple[list[float], float]:
     return losses, train_s
 
 
+def step_loss(run: WorkerRun, batch: dict) -> torch.Tensor:
+    """The model's loss on one micro-batch (its forward calls retrieval: the Ray boundary of the step)."""
+    lost = None
+    try:
+        with _autocast(run.cfg, run.device):
+            loss = run.model(batch["question"], batch["question_ids"], batch["question_mask"], batch["labels"])
+    except GroupLostError as e:
+        lost = e
+    _agree_group_alive(run, lost)
+    return loss
+
+
+class _LostOnAnotherRank(GroupLostError):
+    """Raised on the ranks whose own calls still worked when another rank's group was lost for good."""
+
+
+def _agree_group_alive(run: WorkerRun, lost: GroupLostError | None) -> None:
+    """Called by every rank at the same point: GroupLostError on all of them if any rank's retrieval group is
+    lost for good, so that none is left waiting in the gradient all-reduce for a rank that stopped. One
+    one-element all-reduce per micro-batch, only for the 'ray' mode with more than one worker."""
+    if run.world > 1 and run.cfg.retrieval.mode == "ray":
+        flag = torch.tensor([0.0 if lost is None else 1.0], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        if flag.item() and lost is None:
+            lost = _LostOnAnotherRank("the retrieval group was lost for good on another worker")
+    if lost is not None:
+        raise lost
+
+
 def optimizer_step(run: WorkerRun) -> None:
     """Clip, step, zero the gradients, advance the schedule: one optimizer step of the run."""
     t = run.cfg.train
@@ -169,8 +205,13 @@ def evaluate(run: WorkerRun, epoch: int, losses: list[float], train_s: float) ->
     """Dev metrics of the model as it stands (every rank scores its share; all ranks get every row)."""
     t = run.cfg.train
     retrieval_calls = list(run.rag.retrieval_seconds)
-    rows = gather_rows(predict(run.rag, run.dev, t.batch_size, run.rank, run.world,
-                               progress_label=f"dev epoch {epoch + 1}"), run.world)
+    lost = None
+    try:
+        mine = predict(run.rag, run.dev, t.batch_size, run.rank, run.world, progress_label=f"dev epoch {epoch + 1}")
+    except GroupLostError as e:
+        lost = e
+    _agree_group_alive(run, lost)
+    rows = gather_rows(mine, run.world)
     metrics = {"epoch": epoch + 1, "step": run.state.step, "resumed_at_step": run.resumed_at_step,
                "train_loss": float(np.mean(losses)) if losses else float("nan"), "epoch_s": round(train_s, 2),
                **summarize_rows(rows, prefix="dev_")}

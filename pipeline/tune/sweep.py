@@ -22,6 +22,7 @@ Layout of tune.output_dir (on a multi-node cluster, storage every node sees, as 
 
 from __future__ import annotations
 
+import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from pipeline.output import tune_verbosity
 from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
 from pipeline.retrieval.group_record import list_members, served_version
 from pipeline.train.checkpoints import read_history
-from pipeline.train.finetune import make_trainer, prepare_run
+from pipeline.train.finetune import fit_run, make_trainer, prepare_run
 from pipeline.tune.results import write_sweep_results
 from pipeline.tune.search_space import (
     TRIAL_DRIVER_CPUS,
@@ -65,11 +66,12 @@ def train_trial(trial_config: dict, base: dict, prepared, trials_dir: str) -> No
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = apply_overrides(config_from_dict(base), _plain(trial_config["overrides"]))
     cfg.train.output_dir = str(Path(trials_dir) / trial_id)
+    run_id = uuid.uuid4().hex  # the trial's own budget of retrieval group restarts
     if cfg.refresh.every_steps > 0:
         with own_retrieval_group(cfg, trial_id):
-            make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+            fit_run(make_trainer(cfg, prepared, callbacks=[TuneReportCallback()], run_id=run_id), run_id)
     else:
-        make_trainer(cfg, prepared, callbacks=[TuneReportCallback()]).fit()
+        fit_run(make_trainer(cfg, prepared, callbacks=[TuneReportCallback()], run_id=run_id), run_id)
 
 
 @contextmanager
