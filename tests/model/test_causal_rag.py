@@ -12,11 +12,9 @@ from tokenizers import (
     Tokenizer,
     decoders,
     models,
-    normalizers,
     pre_tokenizers,
     trainers,
 )
-from tokenizers.processors import TemplateProcessing
 from transformers import (
     AutoModelForCausalLM,
     AutoTokenizer,
@@ -41,29 +39,19 @@ from pipeline.model.causal_inputs import (
     tokenize_causal_inputs,
     tokenize_causal_prompts,
 )
+from tests.model.tiny_text import (
+    ANSWERS,
+    QUESTIONS,
+    SYMBOLS,
+    TITLES,
+    WORDS,
+    K,
+    word_tokenizer,
+)
 
-WORDS = ("river stone harbor lantern orchard meadow copper violin falcon ember quartz willow summit canyon "
-         "tide marble cedar thistle glacier beacon doc key of is what the a").split()
-SYMBOLS = ["/", "//", "?", ".", *map(str, range(10))]
-TITLES = [["Doc 1", "Doc 2", "Doc 3"], ["Doc 4", "Doc 5", "Doc 6"]]
 TEXTS = [["the key of river is stone", "the key of harbor is lantern orchard meadow", "the key of cedar is tide"],
          ["the key of falcon is ember", "the key of quartz is willow", "a"]]
-QUESTIONS = ["what is the key of river ?", "what is the key of quartz ?"]
-ANSWERS = ["stone", "willow copper ember"]  # different lengths, so answers are padded
-K = 3
 ARCHITECTURES = ("llama", "qwen2", "gpt2")
-
-
-def word_tokenizer(specials: list[str], template: str | None, **special_tokens) -> PreTrainedTokenizerFast:
-    """A word-level fast tokenizer over WORDS + SYMBOLS; `template` adds special tokens as Llama's adds bos."""
-    vocab = {token: i for i, token in enumerate(specials + WORDS + SYMBOLS)}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    if template:
-        used = [token for token in specials if token in template]
-        tokenizer.post_processor = TemplateProcessing(single=template, special_tokens=[(t, vocab[t]) for t in used])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", **special_tokens)
 
 
 def byte_level_tokenizer(**special_tokens) -> PreTrainedTokenizerFast:

@@ -22,31 +22,16 @@ from pipeline.model.rag import (
     save_rag_model,
     score_documents,
 )
+from tests.model.tiny_text import (
+    ANSWERS,
+    QUESTIONS,
+    TITLES,
+    K,
+    word_tokenizer,
+)
 
-WORDS = ("river stone harbor lantern orchard meadow copper violin falcon ember quartz willow summit canyon "
-         "tide marble cedar thistle glacier beacon doc key of is what the a").split()
-SYMBOLS = ["/", "//", "?", ".", *map(str, range(10))]
-TITLES = [["Doc 1", "Doc 2", "Doc 3"], ["Doc 4", "Doc 5", "Doc 6"]]
 TEXTS = [["the key of river is stone", "the key of harbor is lantern", "the key of cedar is tide"],
          ["the key of falcon is ember", "the key of quartz is willow", "the key of summit is canyon"]]
-QUESTIONS = ["what is the key of river ?", "what is the key of quartz ?"]
-ANSWERS = ["stone", "willow copper ember"]  # different lengths, so targets are padded
-K = 3
-
-
-def word_tokenizer(specials: list[str], template: str, **special_tokens):
-    """A word-level fast tokenizer over WORDS + SYMBOLS; `template` adds the special tokens ($A = text)."""
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
-    from tokenizers.processors import TemplateProcessing
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {token: i for i, token in enumerate(specials + WORDS + SYMBOLS)}
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer.normalizer = normalizers.Lowercase()
-    tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
-    used = [token for token in specials if token in template]
-    tokenizer.post_processor = TemplateProcessing(single=template, special_tokens=[(t, vocab[t]) for t in used])
-    return PreTrainedTokenizerFast(tokenizer_object=tokenizer, unk_token="<unk>", **special_tokens)
 
 
 def save_tiny_bart(directory: Path) -> Path:
