@@ -80,7 +80,8 @@ class RetrievalConfig:
         1, "Approximate indexes: fetch k x this many candidates and keep the k best by exact inner product.", ge=1)
     verify_checksums: bool = option(
         False, "Each retrieval actor also checks the CRC-32 of the index's passages and vectors files when it loads "
-               "(a full read of each: about 1 minute per 64 GB, the vectors of 21M passages); sizes are always "
+               "(a full read of each: about 100 s per 64 GB, the vectors of 21M passages, at the 0.6 GB/s measured "
+               "by jobs/benchmark_checksums.py); sizes are always "
                "checked, and each shard's FAISS file's checksum.")
     call_timeout_s: float = option(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
     keep_running: bool = option(True, "Leave the group running when the job ends (for later jobs and trials).")

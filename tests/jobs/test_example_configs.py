@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import RunConfig, parse_config
+from pipeline.config import RunConfig, known_keys, parse_config
 from pipeline.train.checks import check_run_config
 from pipeline.tune.search_space import check_sweep_config
 
@@ -34,9 +34,10 @@ def test_every_example_config_loads_and_passes_the_run_checks(path):
     check_run_config(config)
 
 
-def test_the_demo_config_is_exactly_the_defaults():
+def test_the_demo_config_is_exactly_the_defaults_with_every_option_spelled_out():
     config, _ = parse_config(["--config", str(REPO / "configs" / "demo.yaml")], "x")
     assert config.to_dict() == RunConfig().to_dict()
+    assert config.explicit_keys == set(known_keys())  # no option left out of the file users start from
 
 
 def test_the_sweep_config_is_a_valid_sweep_over_more_than_the_default_space():
