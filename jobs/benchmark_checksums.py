@@ -1,6 +1,6 @@
 """BENCHMARK (checksums): which stdlib checksum an index manifest records, and what checking one costs a load.
 
-    python jobs/benchmark_checksums.py                  # 1 GB file, best of 3; writes runs/checksums.json
+    python jobs/benchmark_checksums.py                  # 1 GB file, best of 3; runs/benchmarks/checksums.{json,png}
     python jobs/benchmark_checksums.py --gb 4 --repeats 5
 
 Each candidate reads the same file (in the page cache after the first pass) in 16 MiB blocks; a plain read
@@ -9,13 +9,13 @@ pass is the floor. Prints GB/s and what a 64 GB vectors file (21M passages x 768
 
 import argparse
 import hashlib
-import json
 import os
 import tempfile
 import time
 import zlib
 from pathlib import Path
 
+from pipeline.bench.report_files import write_report_files
 from pipeline.bench.timing import machine_info
 from pipeline.index.integrity import file_checksum
 
@@ -43,7 +43,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--gb", type=float, default=1.0)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--output", default="runs/checksums.json")
+    parser.add_argument("--out", default="runs/benchmarks", help="Folder for checksums.json and checksums.png.")
     args = parser.parse_args()
     size = int(args.gb * 1e9)
     with tempfile.TemporaryDirectory() as tmp:
@@ -60,10 +60,25 @@ def main() -> int:
     rows = [{"checksum": name, "gb_per_s": round(rate, 2), "s_for_64_gb": round(64 / rate)} for name, rate in best.items()]
     for row in rows:
         print(f"{row['checksum']:>22}: {row['gb_per_s']:.2f} GB/s, 64 GB in {row['s_for_64_gb']} s")
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"file_gb": args.gb, "repeats": args.repeats, "rows": rows,
-                                             "machine": machine_info()}, indent=2))
+    report = {"file_gb": args.gb, "repeats": args.repeats, "rows": rows, "machine": machine_info()}
+    json_path, png_path = write_report_files(report, args.out, "checksums", plot_rates)
+    print(f"[benchmark_checksums] {json_path}, {png_path}")
     return 0
+
+
+def plot_rates(report: dict, path: Path) -> None:
+    """GB/s of each checksum beside the plain read pass, one bar each."""
+    from matplotlib.figure import Figure  # plotting only, at the end of the run
+
+    rows = report["rows"]
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    ax.barh([r["checksum"] for r in rows], [r["gb_per_s"] for r in rows], color="#4a7")
+    ax.set_xlabel("GB/s (file in the page cache)")
+    ax.set_title(f"Reading a {report['file_gb']:g} GB file: checksums against the read pass")
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
 
 
 if __name__ == "__main__":
