@@ -12,7 +12,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.config import IndexConfig, RunConfig
-from pipeline.demo.data import DEMO_DIR, DemoPaths, ensure_demo_data
+from pipeline.demo import (
+    data as demo_data,  # read at call time: where the demo lives can be pointed elsewhere
+)
 from pipeline.errors import ConfigError
 
 DATA_KEYS = ("knowledge_base.documents", "data.train", "data.dev", "data.test", "model.generator")
@@ -47,7 +49,7 @@ def training_needs(config: RunConfig) -> tuple[str, ...]:
 
 def _is_demo_file(path: str) -> bool:
     """Whether `path` is the demo's documents file (a demo run's config, filled once already)."""
-    return Path(path).resolve() == DemoPaths.at(DEMO_DIR).documents.resolve()
+    return Path(path).resolve() == demo_data.DemoPaths.at(demo_data.DEMO_DIR).documents.resolve()
 
 
 def fill_demo_defaults(config: RunConfig, needs: tuple[str, ...] | None = None) -> RunConfig:
@@ -56,7 +58,7 @@ def fill_demo_defaults(config: RunConfig, needs: tuple[str, ...] | None = None) 
     keys. A run that names its own documents but keeps the demo's index directory is refused too: a demo
     index already there would be served in place of an index of those documents."""
     if is_demo_run(config):
-        demo = ensure_demo_data()
+        demo = demo_data.ensure_demo_data()
         config.knowledge_base.documents = str(demo.documents)
         config.model.generator = str(demo.generator)
         config.data.train, config.data.dev, config.data.test = str(demo.train), str(demo.dev), str(demo.test)

@@ -205,7 +205,8 @@ def test_unreadable_passages_file_is_refused(flat_index, tmp_path):
 
     copy = tmp_path / "index"
     shutil.copytree(flat_index / "v0001", copy)
-    (copy / PASSAGES).write_bytes(b"not arrow at all")
+    # Damaged in place, its size kept (the manifest's size check would name a file cut short first).
+    (copy / PASSAGES).write_bytes(b"x" * (copy / PASSAGES).stat().st_size)
     with pytest.raises(IndexFormatError, match=r"passages.arrow: not an Arrow IPC file"):
         read_manifest(copy)
 
