@@ -120,7 +120,7 @@ def head():
         cwd=REPO, env={**_env(ray_tmpdir), "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}, stdout=log,
         stderr=subprocess.STDOUT, start_new_session=True)
     address_file = ray_tmpdir / "ray" / "ray_current_cluster"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # a head starts in seconds, but in minutes on 2 cores under a full test run
     while not address_file.exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
     try:
