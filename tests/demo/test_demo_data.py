@@ -60,6 +60,7 @@ def test_shadow_worlds_share_the_vocabulary_but_no_fact_with_the_demo():
     assert all(e.answer in e.text for e in reading)
 
 
+@pytest.mark.slow  # trains the generator
 def test_reading_practice_teaches_the_generator_to_answer_from_the_passage(demo):
     import torch
     from transformers import AutoTokenizer, BartForConditionalGeneration

@@ -246,6 +246,7 @@ def test_connect_ray_reads_the_runtime_env_of_a_submitted_job(monkeypatch):
     assert _submitted_job_runtime_env() == job["runtime_env"]
 
 
+@pytest.mark.slow  # a TorchTrainer run
 def test_an_error_raised_in_a_train_worker_is_one_error_line(ray_cluster, tmp_path, capsys):
     """A PipelineError that can only surface inside a training worker (e.g. a retrieval group that died) reaches
     the terminal as the job's one `error:` line, not as Ray Train's TrainingFailedError traceback."""
