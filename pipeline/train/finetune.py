@@ -196,7 +196,8 @@ def _make_paths_absolute(cfg: RunConfig) -> None:
 def group_lifetime_note(cfg: RunConfig, session, job: str) -> str | None:
     """One line for a job that keeps its retrieval group running on a cluster it started itself: the group ends
     with that cluster when the job exits, so the job must not let `retrieval.keep_running` promise more."""
-    if session is None or session.joined or cfg.retrieval.mode != "ray" or not cfg.retrieval.keep_running:
+    keeps_a_group = retrieval_mode(cfg.retrieval.mode).uses_group and cfg.retrieval.keep_running
+    if session is None or session.joined or not keeps_a_group:
         return None
     return (f"[{job}] no Ray cluster was running, so this job runs on its own (at {session.address}): retrieval "
             f"group {cfg.retrieval.group!r} ends with it when the job exits; to keep the group for later jobs, "

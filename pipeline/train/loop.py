@@ -22,6 +22,7 @@ from pipeline.model.rag import build_rag_model
 from pipeline.model.rag_with_retrieval import RagWithRetrieval
 from pipeline.progress import Progress, say
 from pipeline.retrieval.factory import make_retriever
+from pipeline.retrieval.modes import retrieval_mode
 from pipeline.retrieval.recovery import GroupLostError, record_run_failure
 from pipeline.train.checkpoints import TrainState, restore_checkpoint, save_checkpoint
 from pipeline.train.evaluation import gather_rows, predict, summarize_rows
@@ -178,8 +179,8 @@ class _LostOnAnotherRank(GroupLostError):
 def _agree_group_alive(run: WorkerRun, lost: GroupLostError | None) -> None:
     """Called by every rank at the same point: GroupLostError on all of them if any rank's retrieval group is
     lost for good, so that none is left waiting in the gradient all-reduce for a rank that stopped. One
-    one-element all-reduce per micro-batch, only for the 'ray' mode with more than one worker."""
-    if run.world > 1 and run.cfg.retrieval.mode == "ray":
+    one-element all-reduce per micro-batch, only for a mode served by the group, with more than one worker."""
+    if run.world > 1 and retrieval_mode(run.cfg.retrieval.mode).uses_group:
         flag = torch.tensor([0.0 if lost is None else 1.0], device=run.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         if flag.item() and lost is None:
