@@ -103,8 +103,8 @@ def prepare_run(cfg: RunConfig) -> PreparedRun:
         members = start_retrieval_group(cfg.index.directory, cfg.retrieval)
         say(f"[finetune] retrieval group {cfg.retrieval.group!r} ({cfg.retrieval.namespace}): {len(members)} "
             f"actor(s), {index.num_shards} shard(s) x {cfg.retrieval.replicas} replica(s)")
-    tokenizer = QATokenizer(index.question_encoder(cfg.model.question_encoder), cfg.model.generator, cfg.model.max_question_length,
-                            cfg.model.max_target_length)
+    tokenizer = QATokenizer(index.question_encoder(cfg.model.question_encoder), cfg.model.generator,
+                            cfg.model.max_question_length, cfg.model.max_target_length)
     train = read_qa_dataset(cfg.data.train, cfg.data).map_batches(tokenizer, batch_format="numpy")
     return PreparedRun(train, reports["train"].valid, reports["dev"].valid, index)
 
