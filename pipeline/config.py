@@ -18,7 +18,12 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
-from pipeline.model.registry import POOLINGS, RAG_HEADS
+from pipeline.model.registry import (
+    DEFAULT_PROMPT_TEMPLATE,
+    POOLINGS,
+    RAG_HEADS,
+    RETRIEVER_LOSSES,
+)
 from pipeline.options import bounds_text, coerce, field_types, option
 from pipeline.output import configure_output
 from pipeline.retrieval.modes import MODES
@@ -98,7 +103,8 @@ class RetrievalConfig:
 @dataclass
 class ModelConfig:
     question_encoder: str = option("", "Question encoder: HF name or path. Empty: same as the index's encoder.")
-    generator: str = option("", "Seq2seq generator (BART, T5): HF name or path. Empty: the demo's tiny BART.")
+    generator: str = option("", "Generator: HF name or path of a seq2seq model (BART, T5) or any causal LM (Llama, "
+                                "Qwen, GPT-2; the kind is read from its config). Empty: the demo's tiny BART.")
     model_type: str = option("rag_sequence", "RAG marginalisation.", tuple(RAG_HEADS))
     n_docs: int = option(5, "Passages retrieved per question.", ge=1)
     label_smoothing: float = option(0.0, "Label smoothing epsilon of the RAG loss.", ge=0, lt=1)
@@ -112,6 +118,21 @@ class ModelConfig:
                "context encoder, so the doc scores carry gradient into both encoders.")
     context_encoder: str = option("", "Context encoder to start from: HF name or path. Empty: the index's encoder.")
     random_passages: bool = option(False, "Ablation: replace retrieved passages with random ones.")
+    prompt_template: str = option(
+        DEFAULT_PROMPT_TEMPLATE, "Causal generators: the prompt per passage, with {question} and optionally {title}, "
+                                 "{text}; 'chat' uses the tokenizer's chat template. The passage is cut to fit "
+                                 "max_source_length, never the question or the answer.")
+    retriever_loss: str = option(
+        "marginal", "How the retriever learns: 'marginal' (the RAG loss's doc-score gradient) or 'distill' (KL to "
+                    "the generator's per-passage answer likelihoods; works with train.train_generator false).",
+        RETRIEVER_LOSSES)
+    distill_temperature: float = option(1.0, "Temperature of the generator's side of the distill loss.", gt=0)
+    lora_r: int = option(0, "LoRA rank of the generator's adapters (0: full fine-tuning).", ge=0)
+    lora_alpha: float = option(16.0, "LoRA alpha (the adapters' scale is alpha / r).", gt=0)
+    lora_dropout: float = option(0.05, "Dropout on the LoRA adapters' input.", ge=0, lt=1)
+    lora_target_modules: str = option(
+        "all-linear", "Layers that get adapters: all-linear (every linear layer but the output head) or "
+                      "comma-separated module names (e.g. q_proj,v_proj).")
 
 
 @dataclass
@@ -148,7 +169,11 @@ class TrainConfig:
     warmup_steps: int = option(50, "Linear warm-up steps.", ge=0)
     schedule: str = option("linear", "Decay after warm-up.", ("linear", "polynomial"))
     grad_clip: float = option(1.0, "Gradient-norm clip (0: off).", ge=0)
-    precision: str = option("no", "Autocast on GPU.", ("no", "bf16", "fp16"))
+    precision: str = option("no", "Autocast: bf16 on CPU or GPU, fp16 on GPU only.", ("no", "bf16", "fp16"))
+    train_generator: bool = option(True, "Update the generator (false: train only the retriever, e.g. with "
+                                         "model.retriever_loss distill).")
+    gradient_checkpointing: bool = option(False, "Recompute the generator's activations in the backward pass "
+                                                 "(less memory, more time).")
     seed: int = option(13, "Random seed.")
     profile: bool = option(False, "Report seconds per retrieval call with the metrics.")
     eval_max_examples: int = option(-1, "Dev examples evaluated per epoch (negative: all).")

@@ -1,9 +1,10 @@
 """One local Ray cluster per test session, small corpora, and a built index shared by the tests.
 
 Markers (pyproject.toml): a test that uses the session Ray cluster is marked `ray` here, by its fixtures; a test
-that trains (a TorchTrainer run, a sweep, the demo generator's reading practice: `tiny_demo` includes it) or
-starts a Ray cluster of its own is `slow`, marked by its fixtures here or in its module. The loop to run after
-every edit is `python -m pytest -m "not slow"`; `-m "not slow and not ray"` is the unit tests alone.
+that trains (a TorchTrainer run, a sweep, the demo generator's reading practice: `tiny_demo` includes it), builds
+indexes of its own or starts a Ray cluster of its own is `slow`, marked by its fixtures here or in its module.
+The loop to run after every edit is `python -m pytest -m "not slow"`; `-m "not slow and not ray"` is the unit
+tests alone.
 """
 
 from __future__ import annotations

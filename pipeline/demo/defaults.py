@@ -15,6 +15,7 @@ from pipeline.config import IndexConfig, RunConfig
 from pipeline.demo import (
     data as demo_data,  # read at call time: where the demo lives can be pointed elsewhere
 )
+from pipeline.demo.causal_generator import CAUSAL_DIR, ensure_causal_generator
 from pipeline.errors import ConfigError
 
 DATA_KEYS = ("knowledge_base.documents", "data.train", "data.dev", "data.test", "model.generator")
@@ -25,7 +26,7 @@ _WHAT_TO_GIVE = {
     "data.train": "give a training QA file",
     "data.dev": "give a dev QA file",
     "data.test": "give a test QA file",
-    "model.generator": "give a seq2seq generator (Hugging Face name or path, e.g. facebook/bart-large)",
+    "model.generator": "give a generator (Hugging Face name or path, e.g. facebook/bart-large or Qwen/Qwen2.5-0.5B)",
 }
 
 
@@ -34,10 +35,22 @@ def _get(config: RunConfig, dotted: str) -> str:
     return getattr(getattr(config, section), name)
 
 
+def demo_causal_generator() -> str:
+    """Where the demo's causal generator lives: a run naming it as model.generator (configs/demo_causal.yaml) and
+    no other data is the demo with a decoder-only generator, built on first use."""
+    return str(Path(demo_data.DEMO_DIR) / CAUSAL_DIR)
+
+
+def _is_demo_causal(generator: str) -> bool:
+    return bool(generator) and Path(generator).resolve() == Path(demo_causal_generator()).resolve()
+
+
 def is_demo_run(config: RunConfig) -> bool:
-    """True when the run names no data: every key of DATA_KEYS empty and index.directory at its default."""
-    return (not any(_get(config, key) for key in DATA_KEYS)
-            and config.index.directory == IndexConfig().directory)
+    """True when the run names no data: every key of DATA_KEYS empty (model.generator may name the demo's causal
+    generator) and index.directory at its default."""
+    named = [key for key in DATA_KEYS if _get(config, key)
+             and not (key == "model.generator" and _is_demo_causal(config.model.generator))]
+    return not named and config.index.directory == IndexConfig().directory
 
 
 def training_needs(config: RunConfig) -> tuple[str, ...]:
@@ -60,7 +73,10 @@ def fill_demo_defaults(config: RunConfig, needs: tuple[str, ...] | None = None) 
     if is_demo_run(config):
         demo = demo_data.ensure_demo_data()
         config.knowledge_base.documents = str(demo.documents)
-        config.model.generator = str(demo.generator)
+        if _is_demo_causal(config.model.generator):
+            config.model.generator = str(ensure_causal_generator(demo, demo_data.shadow_reading_examples))
+        else:
+            config.model.generator = str(demo.generator)
         config.data.train, config.data.dev, config.data.test = str(demo.train), str(demo.dev), str(demo.test)
         return config
     needs = training_needs(config) if needs is None else needs

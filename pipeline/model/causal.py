@@ -8,7 +8,8 @@ one forward pass, the RAG-Sequence and RAG-Token marginal NLLs over the k passag
 The losses mirror transformers' `RagSequenceForGeneration.get_nll` / `RagTokenForGeneration.get_nll` (label
 smoothing included) on answer tokens only; doc_scores enter through their log-softmax, so the gradient reaches
 the question encoder as in the seq2seq heads. Rows are doc-major (row b*k + j = passage j of question b).
-Not here yet: beam search and RAG-Sequence decoding (per-passage candidates rescored by the marginal).
+RAG-Sequence decoding (per-passage candidates rescored by the marginal) is in causal_generator.py; beam search is
+not offered yet.
 """
 
 from __future__ import annotations

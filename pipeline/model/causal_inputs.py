@@ -17,8 +17,8 @@ import re
 import torch
 
 from pipeline.errors import ConfigError, DataError
+from pipeline.model.registry import DEFAULT_PROMPT_TEMPLATE
 
-DEFAULT_PROMPT_TEMPLATE = "{title} / {text} // {question}\n"
 _FIELD = re.compile(r"\{(title|text|question)\}")
 
 
@@ -100,21 +100,38 @@ def _checked(tokenizer, template: str, texts: list[list[str]], questions: list[s
     return list(row_labels) if row_labels is not None else [f"question {b}" for b in range(len(questions))]
 
 
+def causal_answer_ids(tokenizer, answers: list[str], max_length: int | None = None) -> list[list[int]]:
+    """Each answer's tokens then eos (what the causal loss scores); with `max_length`, cut to fit with eos kept."""
+    eos = tokenizer.eos_token_id
+    rows = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    return [(ids[: max_length - 1] if max_length else ids) + [eos] for ids in rows]
+
+
 def tokenize_causal_inputs(tokenizer, titles: list[list[str]], texts: list[list[str]], questions: list[str],
                            answers: list[str], max_length: int, template: str = DEFAULT_PROMPT_TEMPLATE,
                            row_labels=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Training rows for B questions with k passages each: (input_ids, attention_mask, answer_mask), int64[B*k, L],
     L <= max_length, right-padded. Row = prompt + answer + eos; answer_mask is 1 on exactly the answer and eos
     tokens (the ones the loss scores). `row_labels` (e.g. "qa.jsonl:12") name a row that cannot fit."""
+    return tokenize_causal_training(tokenizer, titles, texts, questions, causal_answer_ids(tokenizer, answers),
+                                    max_length, template, row_labels)
+
+
+def tokenize_causal_training(tokenizer, titles: list[list[str]], texts: list[list[str]], questions: list[str],
+                             answer_ids: list[list[int]], max_length: int, template: str = DEFAULT_PROMPT_TEMPLATE,
+                             row_labels=None,
+                             prompt_only: bool = False) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`tokenize_causal_inputs` from answers already tokenized (`causal_answer_ids`: eos included). With
+    `prompt_only`, `max_length` bounds the prompt alone (the answer comes on top): every prompt is then the one
+    `tokenize_causal_prompts` gives for generation, whatever the answer's length."""
     labels = _checked(tokenizer, template, texts, questions, row_labels)
-    eos, pad = tokenizer.eos_token_id, pad_token_id(tokenizer)
-    answer_ids = tokenizer(list(answers), add_special_tokens=False)["input_ids"]
+    pad = pad_token_id(tokenizer)
     rows, answer_lengths = [], []
     for b, question in enumerate(questions):
-        answer = answer_ids[b] + [eos]
+        answer = list(answer_ids[b])
         for title, text in zip(titles[b], texts[b], strict=True):
             runs = _prompt_ids(tokenizer, template, title, text, question)
-            rows.append(_fit(runs, len(answer), max_length, labels[b]) + answer)
+            rows.append(_fit(runs, 0 if prompt_only else len(answer), max_length, labels[b]) + answer)
             answer_lengths.append(len(answer))
     width = max(len(row) for row in rows)
     input_ids = torch.full((len(rows), width), pad, dtype=torch.long)
@@ -143,3 +160,23 @@ def tokenize_causal_prompts(tokenizer, titles: list[list[str]], texts: list[list
         input_ids[i, width - len(row):] = torch.tensor(row)
         attention_mask[i, width - len(row):] = 1
     return input_ids, attention_mask
+
+
+CHAT_TEMPLATE = "chat"  # model.prompt_template's value that asks for the tokenizer's own chat template
+_CHAT_MESSAGE = "{title} / {text} // {question}"
+
+
+def resolve_prompt_template(tokenizer, template: str) -> str:
+    """`template` itself, or for "chat" the tokenizer's chat template rendered around one user message with the
+    fields left in place (so the passage is still the part that is cut). ConfigError if it has no chat template."""
+    if template != CHAT_TEMPLATE:
+        check_prompt_template(template)
+        return template
+    if not getattr(tokenizer, "chat_template", None):
+        raise ConfigError(f"model.prompt_template chat: generator tokenizer {tokenizer.name_or_path!r} has no chat "
+                          "template; give a template with {question} instead")
+    rendered = tokenizer.apply_chat_template([{"role": "user", "content": _CHAT_MESSAGE}], tokenize=False,
+                                             add_generation_prompt=True)
+    if tokenizer.bos_token and rendered.startswith(tokenizer.bos_token):
+        rendered = rendered[len(tokenizer.bos_token):]  # _start_ids adds bos where the tokenizer wants one
+    return rendered

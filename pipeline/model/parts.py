@@ -12,14 +12,17 @@ from pipeline.model.registry import RAG_HEADS
 
 @dataclass
 class RagParts:
-    """A RAG head (question encoder + generator inside) with its two tokenizers and the question pooling."""
+    """A RAG model (question encoder + generator inside) with its two tokenizers and the question pooling."""
 
-    model: object  # RagSequenceForGeneration | RagTokenForGeneration, or that model wrapped by DDP
+    # A generator kind's joined module (pipeline/model/generator_kind.py): transformers' RagSequenceForGeneration |
+    # RagTokenForGeneration for seq2seq, CausalRag for causal LMs; .question_encoder, .generator, .config on each.
+    model: object
     question_tokenizer: object
     generator_tokenizer: object
     pooling: str
     context_encoder: object = None  # trained passage encoder (end-to-end retriever training), else None
     context_tokenizer: object = None
+    lora: object = None  # LoraSettings (pipeline/model/lora.py) when the generator carries LoRA adapters
 
     @property
     def head(self):
@@ -30,4 +33,6 @@ class RagParts:
     @property
     def model_type(self) -> str:
         """The marginalisation of `RAG_HEADS` that the head computes."""
+        if hasattr(self.head, "rag_model_type"):  # a module of ours names it; transformers' heads are their class
+            return self.head.rag_model_type
         return next(name for name, head in RAG_HEADS.items() if head == type(self.head).__name__)

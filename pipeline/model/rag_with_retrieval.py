@@ -25,10 +25,11 @@ if TYPE_CHECKING:  # the model side reads the index's settings, never the index 
     from pipeline.index.settings import IndexSettings
 
 from pipeline.config import ModelConfig, RunConfig
-from pipeline.model.contexts import tokenize_contexts
+from pipeline.model.doc_scores import score_documents
 from pipeline.model.encoders import encode, passage_text, pool
+from pipeline.model.generators import kind_of
 from pipeline.model.parts import RagParts
-from pipeline.model.rag import generate_answers, rag_loss
+from pipeline.model.retriever_losses import distillation_loss
 from pipeline.retrieval.result import RetrievalResult, take_columns
 
 
@@ -45,6 +46,7 @@ class RagWithRetrieval(nn.Module):
         self.model = parts.model
         self.context_encoder = parts.context_encoder
         self.parts, self.retriever, self.cfg = parts, retriever, cfg
+        self.kind = kind_of(parts)  # seq2seq or causal: the loss and decoding are the kind's
         self.passage_max_length, self.rerank_depth = passage_max_length, rerank_depth
         self.retrieval_seconds: list[float] = []
         self.failed_calls = 0
@@ -107,12 +109,18 @@ class RagWithRetrieval(nn.Module):
 
     def forward(self, questions: list[str], question_ids: torch.Tensor, question_mask: torch.Tensor,
                 labels: torch.Tensor) -> torch.Tensor:
-        """Marginal NLL of the answers (mean over the batch)."""
+        """The training loss (a scalar, mean over the batch): the generator kind's marginal NLL of the answers;
+        with model.retriever_loss distill, the retriever learns from the distillation term alone (the marginal's
+        doc scores detached)."""
         vectors = self.question_vectors(question_ids, question_mask)
         hits, doc_vectors = self.retrieve_and_score(vectors)
-        context_ids, context_mask = tokenize_contexts(
-            self.parts, hits.titles, hits.texts, questions, self.cfg.max_source_length, self.device)
-        return rag_loss(self.parts, vectors, doc_vectors, context_ids, context_mask, labels, self.cfg.n_docs)
+        doc_scores = score_documents(vectors, doc_vectors)
+        distill = self.cfg.retriever_loss == "distill"
+        out = self.kind.loss(self.parts, doc_scores.detach() if distill else doc_scores, hits.titles, hits.texts,
+                             questions, labels, self.cfg, passage_scores=distill)
+        if not distill:
+            return out.loss
+        return out.loss + distillation_loss(doc_scores, out.passage_log_likelihood, self.cfg.distill_temperature)
 
     @torch.no_grad()
     def answer(self, questions: list[str]) -> tuple[list[str], RetrievalResult]:
@@ -121,8 +129,5 @@ class RagWithRetrieval(nn.Module):
                                               max_length=self.cfg.max_question_length, return_tensors="pt")
         vectors = self.question_vectors(batch["input_ids"].to(self.device), batch["attention_mask"].to(self.device))
         hits, doc_vectors = self.retrieve_and_score(vectors)
-        context_ids, context_mask = tokenize_contexts(
-            self.parts, hits.titles, hits.texts, questions, self.cfg.max_source_length, self.device)
-        answers = generate_answers(self.parts, vectors, doc_vectors, context_ids, context_mask, self.cfg.n_docs,
-                                   max_length=self.cfg.max_target_length)
-        return answers, hits
+        doc_scores = score_documents(vectors, doc_vectors)
+        return self.kind.generate(self.parts, doc_scores, hits.titles, hits.texts, questions, self.cfg), hits

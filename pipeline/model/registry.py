@@ -9,3 +9,9 @@ POOLINGS = ("pooler", "cls", "mean")
 
 # RAG marginalisation -> transformers' head class that computes it (imported when a model is built).
 RAG_HEADS = {"rag_sequence": "RagSequenceForGeneration", "rag_token": "RagTokenForGeneration"}
+
+# How the retriever learns from the generator (pipeline/model/retriever_losses.py).
+RETRIEVER_LOSSES = ("marginal", "distill")
+
+# A causal generator's prompt per retrieved passage (pipeline/model/causal_inputs.py fills and cuts it).
+DEFAULT_PROMPT_TEMPLATE = "{title} / {text} // {question}\n"

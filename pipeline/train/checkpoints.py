@@ -6,7 +6,7 @@
       curves.json, curves.png training loss by step and dev metrics by epoch
       ray_train/finetune/     Ray Train's run: checkpoint_* (the latest, which resume needs, and the best)
     checkpoint_*/
-      model/                  `save_rag_model` output
+      model/                  `save_rag_model` output (with LoRA: the adapters and encoders, not the base generator)
       training_state.pt       optimizer, scheduler and TrainState (tensors and plain numbers only)
       history.json            per-epoch metrics up to this checkpoint
 
@@ -67,7 +67,7 @@ def save_checkpoint(directory: Path, parts, optimizer, scheduler, state: TrainSt
     naming the directory for a full disk or a file system that refuses the write. (Ray Train then copies the
     directory to the run's storage as a whole, so a half-written one is never registered.)"""
     with storage_errors(directory):
-        save_rag_model(parts, directory / MODEL_DIR)
+        save_rag_model(parts, directory / MODEL_DIR, trainable_only=True)  # LoRA: adapters, not the base
         # Tensors and plain values only, so loading can use weights_only=True (nothing unpickled runs code).
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "state": dataclasses.asdict(state)}, directory / STATE_FILE)
@@ -115,7 +115,12 @@ def export_model(checkpoint, destination: Path) -> Path:
     The copy is made and loaded beside `destination` and renamed into place only then: a full disk or an
     interrupted export leaves the previous model whole (StorageError naming the path), never half a model."""
     def copy_and_load(tmp: Path) -> None:
-        shutil.copytree(Path(ckpt) / MODEL_DIR, tmp, dirs_exist_ok=True)
+        source = Path(ckpt) / MODEL_DIR
+        parts = load_rag_model(source)
+        if parts.lora is not None:  # a checkpoint of adapters: the export merges them into the generator
+            save_rag_model(parts, tmp)
+        else:
+            shutil.copytree(source, tmp, dirs_exist_ok=True)
         load_rag_model(tmp)  # the exported model must load on its own before we say it exists
 
     with checkpoint.as_directory() as ckpt:

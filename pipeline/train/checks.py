@@ -10,7 +10,9 @@ from transformers import AutoConfig, AutoTokenizer
 from pipeline.config import RunConfig
 from pipeline.errors import ConfigError, ModelLoadError
 from pipeline.index.settings import IndexSettings
+from pipeline.model.causal_inputs import resolve_prompt_template
 from pipeline.model.encoders import resolve_encoder
+from pipeline.model.generators import kind_of_config
 from pipeline.options import check_section
 from pipeline.retrieval.modes import MODES, retrieval_mode
 
@@ -34,6 +36,19 @@ def check_run_config(cfg: RunConfig) -> None:
     if refresh.every_steps and not m.train_context_encoder:
         raise ConfigError("refresh.every_steps: a refresh re-embeds the passages with the trained context encoder; "
                           "set model.train_context_encoder true (or refresh.every_steps 0)")
+    t = cfg.train
+    if t.precision == "fp16" and not t.use_gpu:
+        raise ConfigError("train.precision: fp16 autocast runs on GPU only; use bf16 on CPU (or train.use_gpu true)")
+    retriever_trains = m.train_question_encoder or m.train_context_encoder
+    if not (t.train_generator or retriever_trains):
+        raise ConfigError("train.train_generator: false with model.train_question_encoder and "
+                          "model.train_context_encoder false leaves nothing to train")
+    if m.lora_r and not t.train_generator:
+        raise ConfigError("model.lora_r: LoRA adapters train the generator, but train.train_generator is false; "
+                          "set model.lora_r 0 or train.train_generator true")
+    if m.retriever_loss == "distill" and not retriever_trains:
+        raise ConfigError("model.retriever_loss: distill trains the retriever; set model.train_question_encoder "
+                          "(or model.train_context_encoder) true")
     if refresh.every_steps and not mode.uses_group:
         raise ConfigError(f"refresh.every_steps: a refreshed index is served by rolling the retrieval group "
                           f"forward; use retrieval.mode ray, not {r.mode!r}")
@@ -65,10 +80,12 @@ def check_model_fits_index(cfg: RunConfig, index: IndexSettings) -> None:
     for role, source in roles:
         try:
             config = AutoConfig.from_pretrained(source)
-            AutoTokenizer.from_pretrained(source)
+            tokenizer = AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as e:
             raise ModelLoadError(f"{role} {source!r}: cannot load config/tokenizer ({str(e).splitlines()[0]})") \
                 from None
+        if role == "model.generator" and kind_of_config(config).name == "causal":
+            resolve_prompt_template(tokenizer, cfg.model.prompt_template)  # a template the tokenizer can fill
         if role != "model.generator":
             width = getattr(config, "projection_dim", 0) or getattr(config, "hidden_size", None)
             if width != index.dimension:

@@ -19,11 +19,13 @@ from pathlib import Path
 from ray.train import CheckpointConfig, FailureConfig, ScalingConfig
 from ray.train import RunConfig as RayRunConfig
 from ray.train.torch import TorchTrainer
+from transformers import AutoConfig
 
 from pipeline.config import RunConfig, TrainConfig
 from pipeline.index.build import build_index
 from pipeline.index.settings import IndexSettings
 from pipeline.model.encoders import encoder_label
+from pipeline.model.generators import kind_of_config
 from pipeline.output import train_logging_config
 from pipeline.progress import say
 from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
@@ -122,9 +124,12 @@ def describe_training(cfg: RunConfig, prepared: PreparedRun) -> str:
     refresh = (f", index refreshed every {cfg.refresh.every_steps} steps"
                f"{' (blocking)' if cfg.refresh.blocking else ' in the background'}"
                if cfg.refresh.every_steps else "")
-    return (f"[finetune] training {m.model_type}, n_docs {m.n_docs}, retrieval {cfg.retrieval.mode}: "
-            f"{t.num_workers} worker(s) x batch {t.batch_size}, {steps} steps/epoch, {total} steps in all; "
-            f"trains the generator{''.join(', ' + e for e in encoders)}{refresh}; output {t.output_dir}")
+    kind = kind_of_config(AutoConfig.from_pretrained(m.generator)).name
+    trained = (["the generator"] if t.train_generator else []) + encoders
+    retriever_loss = ", retriever by distillation" if m.retriever_loss == "distill" else ""
+    return (f"[finetune] training {m.model_type} with a {kind} generator, n_docs {m.n_docs}, retrieval "
+            f"{cfg.retrieval.mode}: {t.num_workers} worker(s) x batch {t.batch_size}, {steps} steps/epoch, {total} "
+            f"steps in all; trains {', '.join(trained)}{retriever_loss}{refresh}; output {t.output_dir}")
 
 
 def fit_run(trainer, run_id: str):
@@ -215,7 +220,7 @@ SUMMARY_METRICS = ("epoch", "step", "train_loss", "dev_exact_match", "dev_f1", "
 
 def format_summary(result: FinetuneResult) -> str:
     """The run's closing table: one row per epoch (the exported one marked *), then where the outputs are."""
-    keys = list(SUMMARY_METRICS) + [k for k in ("retrieval_s_per_call", "refreshes")
+    keys = list(SUMMARY_METRICS) + [k for k in ("retrieval_s_per_call", "refreshes", "checkpoint_mb")
                                     if result.history and k in result.history[-1]]
     lines = ["  " + " ".join(f"{k:>15}" for k in keys)]
     for row in result.history:

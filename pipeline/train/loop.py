@@ -18,6 +18,8 @@ from transformers.utils import logging as hf_logging
 
 from pipeline.config import RunConfig, config_from_dict
 from pipeline.index.settings import IndexSettings
+from pipeline.model.generators import kind_of
+from pipeline.model.lora import add_lora, lora_settings, parameter_counts
 from pipeline.model.rag import build_rag_model
 from pipeline.model.rag_with_retrieval import RagWithRetrieval
 from pipeline.progress import Progress, say
@@ -104,8 +106,13 @@ def set_up(cfg: RunConfig, index: IndexSettings, steps_per_epoch: int, run_id: s
                                 m.label_smoothing, m.dropout,
                                 context_encoder=index.context_encoder(m.context_encoder) if m.train_context_encoder
                                 else None)
+        settings = lora_settings(m, m.generator)
+        if settings is not None:
+            add_lora(parts, settings)
         state, history = TrainState(), []
-    parts.head.config.label_smoothing = cfg.model.label_smoothing
+    kind_of(parts).configure(parts, cfg.model)  # label smoothing, a causal LM's prompt template
+    if t.gradient_checkpointing:
+        parts.head.generator.activation_checkpointing_enable()
     retriever = make_retriever(cfg.retrieval.mode, cfg.index.directory, cfg.retrieval, rank, run_id=run_id,
                                step=lambda: state.step)
     rag = RagWithRetrieval.for_run(parts, retriever, cfg, index, seed=t.seed + rank)
@@ -120,6 +127,10 @@ def set_up(cfg: RunConfig, index: IndexSettings, steps_per_epoch: int, run_id: s
     refresh = None
     if rank == 0 and cfg.refresh.every_steps > 0:
         refresh = IndexRefresh(cfg, index, state)
+    if rank == 0:
+        trainable, total = parameter_counts(parts)
+        lora = f", LoRA r={cfg.model.lora_r} on the generator" if parts.lora is not None else ""
+        say(f"[train] trainable parameters: {trainable:,} of {total:,}{lora}")
     dev = load_qa_examples(cfg.data.dev, cfg.data, limit=t.eval_max_examples)
     scaler = torch.amp.GradScaler(enabled=device.type == "cuda" and t.precision == "fp16")
     return WorkerRun(cfg, rank, world, device, parts, rag, model, optimizer, scheduler, scaler, dev, state, history,
@@ -241,6 +252,8 @@ def report(run: WorkerRun, metrics: dict) -> None:
     if run.rank == 0 and (run.state.epoch % t.checkpoint_every_epochs == 0 or last):
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp), run.parts, run.optimizer, run.scheduler, run.state, run.history)
+            metrics["checkpoint_mb"] = round(sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
+                                             / 1e6, 2)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics)
@@ -262,8 +275,10 @@ class TrainingBatch(NumpyBatchCollateFn):
 
 
 def _autocast(cfg: RunConfig, device: torch.device):
-    if device.type != "cuda" or cfg.train.precision == "no":
-        return torch.autocast("cpu", enabled=False)
-    return torch.autocast("cuda", dtype=torch.bfloat16 if cfg.train.precision == "bf16" else torch.float16)
+    """bf16 on the CPU or GPU the worker has; fp16 on GPU only (check_run_config refuses it on CPU)."""
+    precision = cfg.train.precision
+    if precision == "no" or (precision == "fp16" and device.type != "cuda"):
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=torch.bfloat16 if precision == "bf16" else torch.float16)
 
 

@@ -1,6 +1,6 @@
 """The optimizer and learning-rate schedule: one AdamW, a parameter group per part, each with its own schedule.
 
-    generator            train.lr          warm-up then decay from step 0
+    generator            train.lr          warm-up then decay from step 0 (frozen with train.train_generator false)
     question encoder     train.encoder_lr  held at 0 for train.encoder_freeze_steps, then its own warm-up/decay
     context encoder      train.context_encoder_lr, train.context_encoder_freeze_steps (when it is trained)
 
@@ -56,7 +56,11 @@ def build_optimizer(parts, cfg, total_steps: int):
         groups.append({"params": [p for p in params if p.requires_grad], "lr": lr})
         schedules.append(ParamGroupSchedule(freeze, t.warmup_steps, total_steps, t.schedule))
 
-    add(generator, t.lr, 0)
+    if t.train_generator:
+        add(generator, t.lr, 0)
+    else:
+        for p in generator:
+            p.requires_grad_(False)
     for params, trained, lr, freeze in ((question, m.train_question_encoder, t.encoder_lr, t.encoder_freeze_steps),
                                         (context, m.train_context_encoder, t.context_encoder_lr,
                                          t.context_encoder_freeze_steps)):

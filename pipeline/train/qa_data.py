@@ -23,7 +23,7 @@ from transformers import AutoConfig, AutoTokenizer
 from pipeline.config import DataConfig, RunConfig
 from pipeline.demo.defaults import fill_demo_defaults
 from pipeline.errors import DataError
-from pipeline.model.contexts import tokenize_targets
+from pipeline.model.generators import kind_of_config
 from pipeline.table_files import (
     check_not_empty,
     describe_value,
@@ -207,7 +207,8 @@ def _model_config(name_or_path: str):
 
 
 class QATokenizer:
-    """`map_batches` function: adds fixed-length question token ids (question encoder) and target ids (generator).
+    """`map_batches` function: adds fixed-length question token ids (question encoder) and target ids (the
+    generator kind's `targets`).
 
     Fixed lengths so batches stack without a collate step; the tokenizers load once per Ray worker process.
     """
@@ -223,10 +224,9 @@ class QATokenizer:
         encoded = _tokenizer(self.question_tokenizer)(
             questions, padding="max_length", truncation=True, max_length=self.max_question_length, return_tensors="np")
         targets = [str(a).split("\t")[0] for a in batch["answers"]]
-        labels = tokenize_targets(_tokenizer(self.generator_tokenizer), _model_config(self.generator_tokenizer),
-                                  targets, self.max_target_length)
-        pad = _tokenizer(self.generator_tokenizer).pad_token_id
-        labels = np.pad(labels.numpy(), ((0, 0), (0, self.max_target_length - labels.shape[1])), constant_values=pad)
+        config = _model_config(self.generator_tokenizer)
+        labels = kind_of_config(config).targets(_tokenizer(self.generator_tokenizer), config, targets,
+                                                self.max_target_length)
         batch["question_ids"] = encoded["input_ids"].astype(np.int64)
         batch["question_mask"] = encoded["attention_mask"].astype(np.int64)
         batch["labels"] = labels.astype(np.int64)

@@ -41,6 +41,7 @@ def test_built_index_matches_its_manifest_and_documents(flat_index, corpus_file)
     assert vectors.shape == (manifest.count, 384) and np.all(norms > 0)
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 @pytest.mark.parametrize("fmt", ["csv", "tsv", "parquet"])
 def test_every_document_format_builds_the_same_passages(ray_cluster, tmp_path, fmt):
     import pandas as pd
@@ -58,6 +59,7 @@ def test_every_document_format_builds_the_same_passages(ray_cluster, tmp_path, f
     assert texts == sorted(p for r in rows for p in split_into_passages(r["text"], 100))
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF4,PQ8x4"])
 def test_approximate_index_types_build_and_load(ray_cluster, corpus_file, tmp_path, factory):
     from pipeline.retrieval.local import LocalRetriever
@@ -91,6 +93,7 @@ def test_an_existing_location_is_refused_without_overwrite(flat_index, corpus_fi
     assert ((flat_index / "CURRENT").read_text(), sorted(p.name for p in flat_index.iterdir())) == before
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 def test_overwrite_builds_a_new_current_version_and_removes_unserved_ones(ray_cluster, tmp_path):
     first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
     write_corpus(first, documents=4, seed=1)
@@ -160,6 +163,7 @@ def test_unknown_factory_string_fails_before_any_work(ray_cluster, corpus_file, 
     _assert_nothing_written(tmp_path, out)
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 def test_index_that_cannot_be_trained_leaves_nothing(ray_cluster, corpus_file, tmp_path):
     out = tmp_path / "index"
     with pytest.raises(ConfigError, match=r"IVF4096,Flat.*training on \d+ vectors failed"):

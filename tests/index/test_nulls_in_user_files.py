@@ -31,6 +31,7 @@ def write_documents(path, rows):
     return path
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 @pytest.mark.parametrize("suffix", [".jsonl", ".parquet"])
 def test_a_null_title_is_built_as_an_empty_title(ray_cluster, tmp_path, suffix):
     # Null titles first (a reader may type the first block's column from them) and between text titles.

@@ -57,6 +57,7 @@ def test_a_full_disk_while_the_manifest_is_written_leaves_no_manifest(flat_index
                                                                      VECTORS]
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 def test_a_full_disk_during_a_build_leaves_no_location_behind(ray_cluster, corpus_file, disk):
     fill(disk, leave_bytes=16 * 1024)
     location = disk / "indexes" / "new"
@@ -66,6 +67,7 @@ def test_a_full_disk_during_a_build_leaves_no_location_behind(ray_cluster, corpu
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]  # not even the parent the build created
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 def test_a_full_disk_while_adding_a_version_keeps_the_served_one(ray_cluster, flat_index, corpus_file, disk):
     location = shutil.copytree(flat_index, disk / "index")
     fill(disk, leave_bytes=16 * 1024)

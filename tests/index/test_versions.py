@@ -89,6 +89,7 @@ def test_a_version_missing_a_file_is_a_one_line_error(location):
 
 # ----------------------------------------------------------------------------- a live group
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 def test_swap_under_four_concurrent_callers_fails_no_call_and_mixes_no_versions(ray_cluster, location):
     cfg = _config("swap", replicas=2)
     start_retrieval_group(str(location), cfg)
@@ -140,6 +141,7 @@ def test_swap_under_four_concurrent_callers_fails_no_call_and_mixes_no_versions(
         stop_retrieval_group(cfg.group, TEST_NAMESPACE)
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 def test_a_replica_killed_during_a_roll_forward_comes_back_on_the_served_version(ray_cluster, location):
     cfg = _config("killswap", replicas=2)
     start_retrieval_group(str(location), cfg)

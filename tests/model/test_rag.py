@@ -13,15 +13,14 @@ import torch
 
 from pipeline.errors import ModelLoadError
 from pipeline.model.contexts import format_contexts, tokenize_contexts, tokenize_targets
+from pipeline.model.doc_scores import score_documents
 from pipeline.model.rag import (
     build_rag_model,
     encode_questions,
-    generate_answers,
     load_rag_model,
-    rag_loss,
     save_rag_model,
-    score_documents,
 )
+from pipeline.model.seq2seq_generator import generate_answers, rag_loss
 from tests.model.tiny_text import (
     ANSWERS,
     QUESTIONS,
@@ -234,8 +233,8 @@ def test_missing_generator_or_encoder_path_is_a_model_load_error(tiny, tmp_path)
         load_rag_model(tmp_path)
 
 
-def test_a_non_seq2seq_generator_is_a_model_load_error(tiny):
-    with pytest.raises(ModelLoadError, match="seq2seq"):
+def test_an_encoder_as_generator_is_a_model_load_error(tiny):
+    with pytest.raises(ModelLoadError, match="encoder .masked LM., neither a seq2seq model nor a causal LM"):
         build_rag_model(tiny["bert"], tiny["bert"], "rag_sequence", pooling="mean")
 
 

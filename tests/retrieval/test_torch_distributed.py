@@ -77,6 +77,7 @@ def test_torch_mode_gathers_uneven_batches_and_scatters_each_rank_its_rows(flat_
             assert mine["titles"].tolist() == expected.titles and mine["texts"].tolist() == expected.texts
 
 
+@pytest.mark.slow  # builds indexes of its own through Ray Data (or a torch process group)
 def test_ray_torch_and_local_modes_retrieve_identical_ids(flat_index, ray_cluster, tmp_path):
     cfg = RetrievalConfig(group="modes", namespace=TEST_NAMESPACE, actor_num_cpus=0.1, replicas=2, call_timeout_s=20)
     queries = _queries(flat_index, 6, 7)
