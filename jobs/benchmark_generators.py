@@ -54,7 +54,7 @@ def main(argv=None) -> int:
     demo = ensure_demo_data()
     generators = dict(pair.split("=", 1) for pair in args.generators) or {
         "seq2seq (demo BART)": str(demo.generator),
-        "causal (demo Llama)": str(ensure_causal_generator(demo, shadow_reading_examples))}
+        "causal (demo Llama)": str(ensure_causal_generator(demo, lambda: shadow_reading_examples(0)))}
     documents = [json.loads(line) for line in demo.documents.read_text().splitlines()]
     rows = [json.loads(line) for line in demo.dev.read_text().splitlines()]
     batch = bench_questions(documents, rows, args.batch, args.n_docs)

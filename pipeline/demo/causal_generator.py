@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import shutil
 import tempfile
 import time
@@ -24,7 +23,7 @@ from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 from transformers.utils import logging as hf_logging
 
 from pipeline.demo.generated import DemoPaths
-from pipeline.demo.generator import READING_BATCH, ReadingExample
+from pipeline.demo.generator import READING_BATCH, ReadingExample, practise
 from pipeline.model.causal import answer_log_probs
 from pipeline.model.causal_inputs import tokenize_causal_inputs
 from pipeline.storage import storage_errors
@@ -53,33 +52,15 @@ def copy_friendly_init(model: LlamaForCausalLM) -> None:
 def practise_causal_reading(model, tokenizer, examples: list[ReadingExample], seed: int, steps: int,
                             batch_size: int = READING_BATCH, lr: float = 1e-3, log=print) -> list[float]:
     """Train `model` to answer from the one passage it is given, with the prompts and loss RAG fine-tuning uses
-    (n_docs = 1: the marginal is the answer's NLL); returns the mean loss of each 100 steps."""
-    rng = random.Random(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr)
-    warmup = min(50, steps)
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: min(1.0, (s + 1) / warmup) * max(0.0, 1.0 - s / steps))
-    model.train()
-    losses, means = [], []
-    for step in range(1, steps + 1):
-        batch = rng.sample(examples, batch_size)
-        ids, mask, answer_mask = tokenize_causal_inputs(tokenizer, [[e.title] for e in batch], [[e.text] for e in batch],
-                                                        [e.question for e in batch], [e.answer for e in batch], 160)
+    (n_docs = 1: the marginal is the answer's NLL, here per answer token); the mean loss of each 100 steps."""
+    def loss_of(batch: list[ReadingExample]):
+        ids, mask, answer_mask = tokenize_causal_inputs(
+            tokenizer, [[e.title] for e in batch], [[e.text] for e in batch], [e.question for e in batch],
+            [e.answer for e in batch], 160)
         scores = answer_log_probs(model, ids, mask, answer_mask)
-        loss = -scores.tokens.sum() / scores.mask.sum()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        optimizer.zero_grad()
-        losses.append(float(loss.detach()))
-        if step % 100 == 0 or step == steps:
-            means.append(sum(losses) / len(losses))
-            losses = []
-            if step % 500 == 0 or step == steps:
-                log(f"demo data: causal generator reading practice, step {step}/{steps}, loss {means[-1]:.3f}")
-    model.eval()
-    return means
+        return -scores.tokens.sum() / scores.mask.sum()
+
+    return practise(model, loss_of, examples, seed, steps, batch_size, lr, log, "causal generator")
 
 
 def ensure_causal_generator(demo: DemoPaths, reading: Callable[[], list[ReadingExample]], seed: int = 0,

@@ -74,7 +74,7 @@ def fill_demo_defaults(config: RunConfig, needs: tuple[str, ...] | None = None) 
         demo = demo_data.ensure_demo_data()
         config.knowledge_base.documents = str(demo.documents)
         if _is_demo_causal(config.model.generator):
-            config.model.generator = str(ensure_causal_generator(demo, demo_data.shadow_reading_examples))
+            config.model.generator = str(ensure_causal_generator(demo, lambda: demo_data.shadow_reading_examples(0)))
         else:
             config.model.generator = str(demo.generator)
         config.data.train, config.data.dev, config.data.test = str(demo.train), str(demo.dev), str(demo.test)

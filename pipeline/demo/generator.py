@@ -121,6 +121,20 @@ def practise_reading(model, tokenizer, examples: list[ReadingExample], seed: int
                      batch_size: int = READING_BATCH, lr: float = 1e-3, log=print) -> list[float]:
     """Train `model` to answer from the passage, with inputs formatted as RAG fine-tuning formats them
     ("title / text // question"); returns the mean loss of each 100 steps. Deterministic for a seed."""
+    def loss_of(batch: list[ReadingExample]):
+        contexts = format_contexts([[e.title] for e in batch], [[e.text] for e in batch], [e.question for e in batch])
+        inputs = tokenizer(contexts, return_tensors="pt", padding=True, truncation=True, max_length=128)
+        labels = tokenizer([e.answer for e in batch], return_tensors="pt", padding=True)["input_ids"]
+        labels[labels == tokenizer.pad_token_id] = -100
+        return model(**inputs, labels=labels).loss
+
+    return practise(model, loss_of, examples, seed, steps, batch_size, lr, log, "generator")
+
+
+def practise(model, loss_of, examples: list[ReadingExample], seed: int, steps: int, batch_size: int, lr: float,
+             log, label: str) -> list[float]:
+    """The reading practice loop any demo generator runs: AdamW with warm-up and linear decay on `loss_of(batch)`
+    for `steps` batches drawn from `examples`; the mean loss of each 100 steps. Deterministic for a seed."""
     import random
 
     import torch
@@ -133,12 +147,7 @@ def practise_reading(model, tokenizer, examples: list[ReadingExample], seed: int
     model.train()
     losses, means = [], []
     for step in range(1, steps + 1):
-        batch = rng.sample(examples, batch_size)
-        contexts = format_contexts([[e.title] for e in batch], [[e.text] for e in batch], [e.question for e in batch])
-        inputs = tokenizer(contexts, return_tensors="pt", padding=True, truncation=True, max_length=128)
-        labels = tokenizer([e.answer for e in batch], return_tensors="pt", padding=True)["input_ids"]
-        labels[labels == tokenizer.pad_token_id] = -100
-        loss = model(**inputs, labels=labels).loss
+        loss = loss_of(rng.sample(examples, batch_size))
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
@@ -149,7 +158,7 @@ def practise_reading(model, tokenizer, examples: list[ReadingExample], seed: int
             means.append(sum(losses) / len(losses))
             losses = []
             if step % 500 == 0 or step == steps:
-                log(f"demo data: generator reading practice, step {step}/{steps}, loss {means[-1]:.3f}")
+                log(f"demo data: {label} reading practice, step {step}/{steps}, loss {means[-1]:.3f}")
     model.eval()
     return means
 

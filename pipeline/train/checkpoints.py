@@ -63,7 +63,8 @@ class Restored:
 
 
 def save_checkpoint(directory: Path, parts, optimizer, scheduler, state: TrainState, history: list[dict]) -> None:
-    """Write a checkpoint directory (see the module docstring) that `restore_checkpoint` reads; StorageError
+    """Write a checkpoint directory (see the module docstring) that `restore_checkpoint` reads, and record its size
+    (model and training state) in the last history row as `checkpoint_mb`; StorageError
     naming the directory for a full disk or a file system that refuses the write. (Ray Train then copies the
     directory to the run's storage as a whole, so a half-written one is never registered.)"""
     with storage_errors(directory):
@@ -71,6 +72,9 @@ def save_checkpoint(directory: Path, parts, optimizer, scheduler, state: TrainSt
         # Tensors and plain values only, so loading can use weights_only=True (nothing unpickled runs code).
         torch.save({"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "state": dataclasses.asdict(state)}, directory / STATE_FILE)
+        if history:  # the epoch being checkpointed reports what its checkpoint weighs
+            written = sum(f.stat().st_size for f in directory.rglob("*") if f.is_file())
+            history[-1]["checkpoint_mb"] = round(written / 1e6, 2)
         (directory / HISTORY_FILE).write_text(json.dumps(history))
 
 

@@ -252,8 +252,6 @@ def report(run: WorkerRun, metrics: dict) -> None:
     if run.rank == 0 and (run.state.epoch % t.checkpoint_every_epochs == 0 or last):
         with tempfile.TemporaryDirectory() as tmp:
             save_checkpoint(Path(tmp), run.parts, run.optimizer, run.scheduler, run.state, run.history)
-            metrics["checkpoint_mb"] = round(sum(f.stat().st_size for f in Path(tmp).rglob("*") if f.is_file())
-                                             / 1e6, 2)
             ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp))
     else:
         ray.train.report(metrics)

@@ -94,15 +94,6 @@ def save_tiny_causal_lm(directory, architecture: str, hidden: int = 32, init: fl
     return AutoModelForCausalLM.from_pretrained(directory), AutoTokenizer.from_pretrained(directory)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models run an order of magnitude faster on one thread than on many fighting over shared cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module", params=ARCHITECTURES)
 def causal_lm(request, tmp_path_factory):
     return save_tiny_causal_lm(tmp_path_factory.mktemp(request.param), request.param)
