@@ -27,10 +27,14 @@ from pipeline.retrieval.modes import MODES
 @dataclass
 class KnowledgeBaseConfig:
     documents: str = option(
-        "", "Documents file (.jsonl, .csv, .tsv, .parquet). Empty: the bundled demo knowledge base.")
+        "", "Documents file (.jsonl, .csv, .tsv, .parquet) or a datasets folder (save_to_disk, with embeddings). "
+            "Empty: the bundled demo knowledge base.")
     title_column: str = option("title", "Column holding each document's title.")
     text_column: str = option("text", "Column holding each document's text.")
     passage_words: int = option(100, "Maximum words per passage; documents are split into passages this long.", ge=1)
+    embeddings_column: str = option(
+        "", "Column of precomputed passage vectors (.parquet, .jsonl): rows are passages, not re-embedded; "
+            "index.encoder names their encoder. Empty: embed (a datasets folder: 'embeddings').")
 
 
 @dataclass

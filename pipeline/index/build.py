@@ -34,6 +34,12 @@ from pipeline.index.manifest import (
     open_vectors,
     shard_file,
 )
+from pipeline.index.precomputed import (
+    EmbeddedSource,
+    check_embedded_rows,
+    embedded_source,
+    read_embedded_dataset,
+)
 from pipeline.index.recall import measure_recall
 from pipeline.index.versions import (
     begin_version,
@@ -160,13 +166,12 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
     check_section(cfg, "index")
     check_factory(cfg.factory)
     _check_build_target(location, cfg.overwrite)
-    documents = check_documents(kb)
-    print(f"[build_index] {kb.documents}: {documents} documents", flush=True)
+    source = _check_input(kb, cfg)
     created = _first_missing(location)
     try:
         building = begin_version(location)
         try:
-            manifest = _build_into(building, kb, cfg)
+            manifest = _build_into(building, kb, cfg, source)
             version = publish_version(location, building)
         except BaseException:
             discard_building(building)
@@ -177,6 +182,21 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
         raise
     print(f"[build_index] wrote {version.directory} (CURRENT)", flush=True)
     return manifest
+
+
+def _check_input(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> EmbeddedSource | None:
+    """Check the documents (or precomputed passages) on the driver; returns the precomputed source, if any."""
+    source = embedded_source(kb)
+    if source is None:
+        print(f"[build_index] {kb.documents}: {check_documents(kb)} documents", flush=True)
+        return None
+    if not cfg.encoder:
+        raise ConfigError(f"index.encoder: {source.path} holds precomputed vectors; name the encoder they came from "
+                          f"(it is recorded in the manifest and encodes the questions)")
+    count, dimension = check_embedded_rows(source)
+    print(f"[build_index] {source.path}: {count} passages with {dimension}-dim vectors of {cfg.encoder} "
+          f"(precomputed: no encoder loaded)", flush=True)
+    return source
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -207,18 +227,22 @@ def _check_build_target(location: Path, overwrite: bool) -> None:
                                f"into it: choose an empty or new --index.directory")
 
 
-def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
-    encoder = resolve_encoder(cfg.encoder)
-    ds = read_dataset(kb.documents, [kb.title_column, kb.text_column])
-    ds = ds.rename_columns({kb.title_column: "title", kb.text_column: "text"})
-    ds = ds.map_batches(_split_batch, fn_kwargs={"max_words": kb.passage_words}, batch_format="numpy")
-    ds = embed_passages(ds, encoder, cfg.pooling, cfg.max_length, cfg.embed_batch_size, cfg.embed_concurrency,
-                        cfg.embed_num_cpus, cfg.embed_num_gpus)
+def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig, source: EmbeddedSource | None) -> IndexManifest:
+    if source is None:
+        encoder = resolve_encoder(cfg.encoder)
+        ds = read_dataset(kb.documents, [kb.title_column, kb.text_column])
+        ds = ds.rename_columns({kb.title_column: "title", kb.text_column: "text"})
+        ds = ds.map_batches(_split_batch, fn_kwargs={"max_words": kb.passage_words}, batch_format="numpy")
+        ds = embed_passages(ds, encoder, cfg.pooling, cfg.max_length, cfg.embed_batch_size, cfg.embed_concurrency,
+                            cfg.embed_num_cpus, cfg.embed_num_gpus)
+    else:
+        encoder, ds = cfg.encoder, read_embedded_dataset(source)
     try:
         count, dimension, embed_s = write_passages_and_vectors(ds, tmp)
     except Exception as e:
         raise unwrap_pipeline_error(e)
-    print(f"[build_index] embedded {count} passages in {embed_s:.1f}s ({count / embed_s:.0f} passages/s)", flush=True)
+    done = "embedded" if source is None else "wrote"
+    print(f"[build_index] {done} {count} passages in {embed_s:.1f}s ({count / embed_s:.0f} passages/s)", flush=True)
     if cfg.shards > count:
         raise ConfigError(f"index.shards: {cfg.shards} shards for only {count} passages")
 
@@ -226,10 +250,16 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexMa
         encoder=encoder, pooling=cfg.pooling, max_length=cfg.max_length, dimension=dimension,
         metric="inner_product", count=count, factory=cfg.factory,
         shard_offsets=even_shard_offsets(count, cfg.shards),
-        fingerprint={"encoder": encoder, "weights_sha256": weights_sha256(load_encoder(encoder)[1]), "count": count},
+        fingerprint=_fingerprint(encoder, count, source),
     )
     build_shards(tmp, manifest, cfg.train_sample, cfg.recall_queries)
     return manifest
+
+
+def _fingerprint(encoder: str, count: int, source: EmbeddedSource | None) -> dict:
+    if source is not None:  # the vectors' encoder is a name the user gave: nothing of it is loaded to hash
+        return {"encoder": encoder, "precomputed": str(source.path), "count": count}
+    return {"encoder": encoder, "weights_sha256": weights_sha256(load_encoder(encoder)[1]), "count": count}
 
 
 def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, recall_queries: int,
