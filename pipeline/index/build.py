@@ -154,6 +154,13 @@ def _build_shard(vectors: np.ndarray, factory: str, train_sample: int, seed: int
     return index
 
 
+def build_one_index(vectors: np.ndarray, factory: str, path: Path, train_sample: int = 100_000) -> None:
+    """Write one inner-product FAISS index of `factory` over float32[n, d] `vectors` (ids 0..n-1) to `path`."""
+    index = _build_shard(vectors, factory, train_sample)
+    with storage_errors(path):
+        faiss.write_index(index, str(path))
+
+
 def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
     """Build a new version of the index location `cfg.directory` from `kb.documents` and make it CURRENT.
 
@@ -272,9 +279,7 @@ def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, re
     started = time.perf_counter()
     for shard in range(manifest.num_shards):
         start, end = manifest.shard_range(shard)
-        index = _build_shard(vectors[start:end], manifest.factory, train_sample)
-        with storage_errors(directory / shard_file(shard)):
-            faiss.write_index(index, str(directory / shard_file(shard)))
+        build_one_index(vectors[start:end], manifest.factory, directory / shard_file(shard), train_sample)
         log(f"[build_index] shard {shard}: {end - start} vectors, {manifest.factory}")
     log(f"[build_index] FAISS build {time.perf_counter() - started:.1f}s")
     indexes = [faiss.read_index(str(directory / shard_file(s)), faiss.IO_FLAG_MMAP_IFC)
