@@ -55,6 +55,9 @@ class IndexConfig:
     embed_num_cpus: float = option(1.0, "CPUs per embedding actor.", ge=0)
     embed_num_gpus: float = option(0.0, "GPUs per embedding actor.", ge=0)
     overwrite: bool = option(False, "Replace an existing index directory.")
+    adopt_faiss: str = option(
+        "", "Precomputed vectors only: their .faiss file (ids = rows, inner product) served as the one shard instead "
+            "of a new build; count and dimension must match (index.factory should name its type).")
 
 
 @dataclass

@@ -36,6 +36,7 @@ from pipeline.index.manifest import (
 )
 from pipeline.index.precomputed import (
     EmbeddedSource,
+    check_adoptable,
     check_embedded_rows,
     embedded_source,
     read_embedded_dataset,
@@ -194,6 +195,9 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
 def _check_input(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> EmbeddedSource | None:
     """Check the documents (or precomputed passages) on the driver; returns the precomputed source, if any."""
     source = embedded_source(kb)
+    if cfg.adopt_faiss and (source is None or cfg.shards != 1):
+        raise ConfigError("index.adopt_faiss: a .faiss file is adopted only over precomputed vectors "
+                          "(knowledge_base.embeddings_column or a datasets folder), as the one shard (index.shards 1)")
     if source is None:
         print(f"[build_index] {kb.documents}: {check_documents(kb)} documents", flush=True)
         return None
@@ -201,6 +205,8 @@ def _check_input(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> EmbeddedSource | 
         raise ConfigError(f"index.encoder: {source.path} holds precomputed vectors; name the encoder they came from "
                           f"(it is recorded in the manifest and encodes the questions)")
     count, dimension = check_embedded_rows(source)
+    if cfg.adopt_faiss:
+        check_adoptable(cfg.adopt_faiss, source, count, dimension)
     print(f"[build_index] {source.path}: {count} passages with {dimension}-dim vectors of {cfg.encoder} "
           f"(precomputed: no encoder loaded)", flush=True)
     return source
@@ -257,27 +263,31 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig, source: Em
         encoder=encoder, pooling=cfg.pooling, max_length=cfg.max_length, dimension=dimension,
         metric="inner_product", count=count, factory=cfg.factory,
         shard_offsets=even_shard_offsets(count, cfg.shards),
-        fingerprint=_fingerprint(encoder, count, source),
+        fingerprint=_fingerprint(encoder, count, source, cfg.adopt_faiss),
     )
-    build_shards(tmp, manifest, cfg.train_sample, cfg.recall_queries)
+    build_shards(tmp, manifest, cfg.train_sample, cfg.recall_queries, adopt=cfg.adopt_faiss or None)
     return manifest
 
 
-def _fingerprint(encoder: str, count: int, source: EmbeddedSource | None) -> dict:
+def _fingerprint(encoder: str, count: int, source: EmbeddedSource | None, adopt: str = "") -> dict:
     if source is not None:  # the vectors' encoder is a name the user gave: nothing of it is loaded to hash
-        return {"encoder": encoder, "precomputed": str(source.path), "count": count}
+        return {"encoder": encoder, "precomputed": str(source.path), "count": count, "adopted_faiss": adopt}
     return {"encoder": encoder, "weights_sha256": weights_sha256(load_encoder(encoder)[1]), "count": count}
 
 
 def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, recall_queries: int,
-                 log=print) -> None:
-    """Write one FAISS index per shard of `manifest` over `directory`/vectors.f32, measure an approximate
-    index's recall@10 against exact search, then write the manifest (last: it marks the build complete).
-    `log` takes the progress lines (None: they go nowhere)."""
+                 log=print, adopt: str | None = None) -> None:
+    """Write one FAISS index per shard of `manifest` over `directory`/vectors.f32 (or copy the checked .faiss
+    file `adopt` as the one shard), measure an approximate index's recall@10 against exact search, then write
+    the manifest (last: it marks the build complete). `log` takes the progress lines (None: they go nowhere)."""
     log = log or (lambda line: None)
     vectors = open_vectors(directory, manifest)
     started = time.perf_counter()
-    for shard in range(manifest.num_shards):
+    if adopt:
+        with storage_errors(directory / shard_file(0)):
+            shutil.copyfile(adopt, directory / shard_file(0))
+        log(f"[build_index] shard 0: adopted {adopt} ({manifest.count} vectors)")
+    for shard in range(manifest.num_shards) if not adopt else ():
         start, end = manifest.shard_range(shard)
         build_one_index(vectors[start:end], manifest.factory, directory / shard_file(shard), train_sample)
         log(f"[build_index] shard {shard}: {end - start} vectors, {manifest.factory}")

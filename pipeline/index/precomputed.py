@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -22,7 +23,7 @@ import ray.data
 from ray.data.datasource import FileBasedDatasource
 
 from pipeline.config import KnowledgeBaseConfig
-from pipeline.errors import DataError
+from pipeline.errors import DataError, IndexFormatError
 from pipeline.table_files import (
     describe_value,
     iter_checked_rows,
@@ -179,7 +180,24 @@ def read_embedded_dataset(source: EmbeddedSource):
         ds = ds.select_columns(columns)
     else:
         ds = read_dataset(source.path, columns)
-    return ds.map_batches(_passage_batch, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+    ds = ds.map_batches(_passage_batch, fn_kwargs={"columns": columns}, batch_format="pyarrow")
+    ds.context.execution_options.preserve_order = True  # passage ids = the source's rows, as its .faiss numbers them
+    return ds
+
+
+def check_adoptable(path: str | Path, source: EmbeddedSource, count: int, dimension: int) -> None:
+    """IndexFormatError unless `path` is a FAISS index of `count` vectors of `dimension` searched by inner product
+    (the checked rows of `source`)."""
+    if not Path(path).is_file():
+        raise IndexFormatError(f"{path}: file not found (index.adopt_faiss)")
+    try:
+        index = faiss.read_index(str(path), faiss.IO_FLAG_MMAP_IFC)
+    except RuntimeError as e:
+        raise IndexFormatError(f"{path}: not a readable FAISS index ({str(e).strip().splitlines()[-1][:160]})") from None
+    metric = {faiss.METRIC_INNER_PRODUCT: "inner product", faiss.METRIC_L2: "L2"}.get(index.metric_type, "another metric")
+    if (index.ntotal, index.d, metric) != (count, dimension, "inner product"):
+        raise IndexFormatError(f"{path}: {index.ntotal} vectors of {index.d} dims searched by {metric}; {source.path} "
+                               f"holds {count} of {dimension} dims, to be searched by inner product")
 
 
 def _passage_batch(batch: pa.Table, columns: list[str]) -> dict:

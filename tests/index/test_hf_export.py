@@ -3,9 +3,9 @@ FAISS file, the real `RagRetriever` (datasets + faiss) loads them beside the sav
 retrieves the same passage ids and generates the same answers as our own path (RagWithRetrieval.answer, what
 jobs/ask.py runs).
 
-The question encoder is a DPR one (the bundled MiniLM's weights): transformers' heads retrieve with `question_encoder(...)[0]`, which is
-DPR's pooler output (our pooling 'pooler'); a BERT-style encoder's first output is its token states, and that
-export is refused.
+The question encoder is a DPR one (the bundled MiniLM's weights): transformers' heads retrieve with
+`question_encoder(...)[0]`, which is DPR's pooler output (our pooling 'pooler'); a BERT-style encoder's first
+output is its token states, and that export is refused.
 """
 
 from __future__ import annotations
@@ -57,7 +57,8 @@ def save_minilm_as_dpr(directory):
 
 @pytest.fixture(scope="module")
 def dpr_world(ray_cluster, tmp_path_factory):
-    """A DPR-encoded (MiniLM weights) 2-shard exact index of the test corpus (passages of 20 words) and the two encoders' paths."""
+    """A DPR-encoded (MiniLM weights) 2-shard exact index of 60 one-passage documents, and the encoder's and
+    the tiny BART generator's paths."""
     root = tmp_path_factory.mktemp("hf_export")
     rng = random.Random(5)
     (root / "documents.jsonl").write_text("".join(json.dumps(

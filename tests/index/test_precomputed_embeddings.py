@@ -7,15 +7,17 @@ from __future__ import annotations
 import json
 
 import datasets
+import faiss
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.config import IndexConfig, KnowledgeBaseConfig
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, IndexFormatError
 from pipeline.index.build import build_index
 from pipeline.index.manifest import open_passages, open_vectors, read_manifest
+from pipeline.retrieval.local import LocalRetriever
 
 NO_SUCH_ENCODER = "/nonexistent/dpr-ctx-encoder"
 DIM = 8
@@ -42,7 +44,7 @@ def _assert_index_holds(directory, rows: dict) -> None:
     vectors = open_vectors(directory, manifest)
     by_text = {text: (title or "", np.asarray(v, np.float32))
                for title, text, v in zip(rows["title"], rows["text"], rows["embeddings"])}
-    assert sorted(passages["text"]) == sorted(by_text)  # every row once, none split or dropped
+    assert passages["text"] == rows["text"]  # every row once, in order (ids = rows), none split or dropped
     for pid, title, text in zip(passages["id"], passages["title"], passages["text"]):
         assert title == by_text[text][0]
         np.testing.assert_array_equal(vectors[pid], by_text[text][1])
@@ -132,3 +134,48 @@ def test_a_csv_cannot_carry_an_embeddings_column(tmp_path):
     with pytest.raises(DataError, match=r"a csv file cannot hold the vectors of knowledge_base.embeddings_column"):
         build_index(KnowledgeBaseConfig(documents=str(path), embeddings_column="vec"),
                     IndexConfig(directory=str(tmp_path / "index"), encoder=NO_SUCH_ENCODER))
+
+
+def _hf_faiss_file(folder, path, metric=faiss.METRIC_INNER_PRODUCT, rows: int | None = None):
+    """What use_own_knowledge_dataset.py does: an HNSW index added through `datasets`, saved beside the folder."""
+    dataset = datasets.load_from_disk(str(folder))
+    if rows is not None:
+        dataset = dataset.select(range(rows))
+    dataset.add_faiss_index("embeddings", custom_index=faiss.IndexHNSWFlat(DIM, 16, metric))
+    dataset.get_index("embeddings").save(str(path))
+    return path
+
+
+def test_the_datasets_own_faiss_file_is_adopted_when_it_matches(ray_cluster, tmp_path):
+    rows = _rows(40, seed=2)
+    folder = _save_datasets_folder(tmp_path / "my_knowledge_dataset", rows)
+    faiss_file = _hf_faiss_file(folder, tmp_path / "my_knowledge_dataset_hnsw_index.faiss")
+    manifest = build_index(KnowledgeBaseConfig(documents=str(folder)),
+                           IndexConfig(directory=str(tmp_path / "index"), encoder=NO_SUCH_ENCODER, factory="HNSW16",
+                                       adopt_faiss=str(faiss_file)))
+    version = tmp_path / "index" / "v0001"
+    assert (version / "shard_0.faiss").read_bytes() == faiss_file.read_bytes()
+    assert manifest.fingerprint["adopted_faiss"] == str(faiss_file) and manifest.recall_at_10_vs_exact
+    _assert_index_holds(tmp_path / "index", rows)
+    queries = np.asarray(rows["embeddings"][::5], np.float32)
+    assert LocalRetriever(tmp_path / "index").retrieve(queries, 3).ids[:, 0].tolist() == list(range(0, 40, 5))
+
+
+@pytest.mark.parametrize("metric, rows, says", [(faiss.METRIC_L2, None, "30 vectors of 8 dims searched by L2"),
+                                               (faiss.METRIC_INNER_PRODUCT, 29, "29 vectors of 8 dims")])
+def test_a_faiss_file_that_does_not_match_the_passages_is_refused(tmp_path, metric, rows, says):
+    folder = _save_datasets_folder(tmp_path / "kb", _rows(), shards=1)
+    faiss_file = _hf_faiss_file(folder, tmp_path / "kb.faiss", metric, rows)
+    with pytest.raises(IndexFormatError, match=rf"^{faiss_file}: {says}.*; {folder} holds 30 of 8 dims"):
+        build_index(KnowledgeBaseConfig(documents=str(folder)),
+                    IndexConfig(directory=str(tmp_path / "index"), encoder=NO_SUCH_ENCODER,
+                                adopt_faiss=str(faiss_file)))
+    assert not (tmp_path / "index").exists()
+
+
+def test_only_precomputed_vectors_adopt_a_faiss_file(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text('{"title": "a", "text": "b"}\n')
+    with pytest.raises(ConfigError, match=r"^index.adopt_faiss: a .faiss file is adopted only over precomputed"):
+        build_index(KnowledgeBaseConfig(documents=str(path)),
+                    IndexConfig(directory=str(tmp_path / "index"), adopt_faiss=str(tmp_path / "x.faiss")))
