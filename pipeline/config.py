@@ -32,10 +32,14 @@ from pipeline.retrieval.modes import MODES
 @dataclass
 class KnowledgeBaseConfig:
     documents: str = option(
-        "", "Documents file (.jsonl, .csv, .tsv, .parquet). Empty: the bundled demo knowledge base.")
+        "", "Documents file (.jsonl, .csv, .tsv, .parquet) or a datasets folder (save_to_disk, with embeddings). "
+            "Empty: the bundled demo knowledge base.")
     title_column: str = option("title", "Column holding each document's title.")
     text_column: str = option("text", "Column holding each document's text.")
     passage_words: int = option(100, "Maximum words per passage; documents are split into passages this long.", ge=1)
+    embeddings_column: str = option(
+        "", "Column of precomputed passage vectors (.parquet, .jsonl): rows are passages, not re-embedded; "
+            "index.encoder names their encoder. Empty: embed (a datasets folder: 'embeddings').")
 
 
 @dataclass
@@ -56,6 +60,9 @@ class IndexConfig:
     embed_num_cpus: float = option(1.0, "CPUs per embedding actor.", ge=0)
     embed_num_gpus: float = option(0.0, "GPUs per embedding actor.", ge=0)
     overwrite: bool = option(False, "Replace an existing index directory.")
+    adopt_faiss: str = option(
+        "", "Precomputed vectors only: their .faiss file (ids = rows, inner product) served as the one shard instead "
+            "of a new build; count and dimension must match (index.factory should name its type).")
 
 
 @dataclass

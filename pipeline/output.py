@@ -24,6 +24,7 @@ QUIET_ENV = {
     "TRANSFORMERS_VERBOSITY": "error",
     "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",  # datasets' "Saving the dataset" bars (jobs/export_hf_retriever.py)
     # Ray Data: no live bars, and its own loggers (configured apart from Ray's) without the INFO lines that
     # narrate every dataset's execution plan; its warnings stay.
     "RAY_DATA_DISABLE_PROGRESS_BARS": "1",

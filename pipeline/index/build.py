@@ -34,6 +34,13 @@ from pipeline.index.manifest import (
     open_vectors,
     shard_file,
 )
+from pipeline.index.precomputed import (
+    EmbeddedSource,
+    check_adoptable,
+    check_embedded_rows,
+    embedded_source,
+    read_embedded_dataset,
+)
 from pipeline.index.recall import measure_recall
 from pipeline.index.versions import (
     begin_version,
@@ -148,6 +155,13 @@ def _build_shard(vectors: np.ndarray, factory: str, train_sample: int, seed: int
     return index
 
 
+def build_one_index(vectors: np.ndarray, factory: str, path: Path, train_sample: int = 100_000) -> None:
+    """Write one inner-product FAISS index of `factory` over float32[n, d] `vectors` (ids 0..n-1) to `path`."""
+    index = _build_shard(vectors, factory, train_sample)
+    with storage_errors(path):
+        faiss.write_index(index, str(path))
+
+
 def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
     """Build a new version of the index location `cfg.directory` from `kb.documents` and make it CURRENT.
 
@@ -160,13 +174,12 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
     check_section(cfg, "index")
     check_factory(cfg.factory)
     _check_build_target(location, cfg.overwrite)
-    documents = check_documents(kb)
-    print(f"[build_index] {kb.documents}: {documents} documents", flush=True)
+    source = _check_input(kb, cfg)
     created = _first_missing(location)
     try:
         building = begin_version(location)
         try:
-            manifest = _build_into(building, kb, cfg)
+            manifest = _build_into(building, kb, cfg, source)
             version = publish_version(location, building)
         except BaseException:
             discard_building(building)
@@ -177,6 +190,26 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
         raise
     print(f"[build_index] wrote {version.directory} (CURRENT)", flush=True)
     return manifest
+
+
+def _check_input(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> EmbeddedSource | None:
+    """Check the documents (or precomputed passages) on the driver; returns the precomputed source, if any."""
+    source = embedded_source(kb)
+    if cfg.adopt_faiss and (source is None or cfg.shards != 1):
+        raise ConfigError("index.adopt_faiss: a .faiss file is adopted only over precomputed vectors "
+                          "(knowledge_base.embeddings_column or a datasets folder), as the one shard (index.shards 1)")
+    if source is None:
+        print(f"[build_index] {kb.documents}: {check_documents(kb)} documents", flush=True)
+        return None
+    if not cfg.encoder:
+        raise ConfigError(f"index.encoder: {source.path} holds precomputed vectors; name the encoder they came from "
+                          f"(it is recorded in the manifest and encodes the questions)")
+    count, dimension = check_embedded_rows(source)
+    if cfg.adopt_faiss:
+        check_adoptable(cfg.adopt_faiss, source, count, dimension)
+    print(f"[build_index] {source.path}: {count} passages with {dimension}-dim vectors of {cfg.encoder} "
+          f"(precomputed: no encoder loaded)", flush=True)
+    return source
 
 
 def _first_missing(path: Path) -> Path | None:
@@ -207,18 +240,22 @@ def _check_build_target(location: Path, overwrite: bool) -> None:
                                f"into it: choose an empty or new --index.directory")
 
 
-def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
-    encoder = resolve_encoder(cfg.encoder)
-    ds = read_dataset(kb.documents, [kb.title_column, kb.text_column])
-    ds = ds.rename_columns({kb.title_column: "title", kb.text_column: "text"})
-    ds = ds.map_batches(_split_batch, fn_kwargs={"max_words": kb.passage_words}, batch_format="numpy")
-    ds = embed_passages(ds, encoder, cfg.pooling, cfg.max_length, cfg.embed_batch_size, cfg.embed_concurrency,
-                        cfg.embed_num_cpus, cfg.embed_num_gpus)
+def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig, source: EmbeddedSource | None) -> IndexManifest:
+    if source is None:
+        encoder = resolve_encoder(cfg.encoder)
+        ds = read_dataset(kb.documents, [kb.title_column, kb.text_column])
+        ds = ds.rename_columns({kb.title_column: "title", kb.text_column: "text"})
+        ds = ds.map_batches(_split_batch, fn_kwargs={"max_words": kb.passage_words}, batch_format="numpy")
+        ds = embed_passages(ds, encoder, cfg.pooling, cfg.max_length, cfg.embed_batch_size, cfg.embed_concurrency,
+                            cfg.embed_num_cpus, cfg.embed_num_gpus)
+    else:
+        encoder, ds = cfg.encoder, read_embedded_dataset(source)
     try:
         count, dimension, embed_s = write_passages_and_vectors(ds, tmp)
     except Exception as e:
         raise unwrap_pipeline_error(e)
-    print(f"[build_index] embedded {count} passages in {embed_s:.1f}s ({count / embed_s:.0f} passages/s)", flush=True)
+    done = "embedded" if source is None else "wrote"
+    print(f"[build_index] {done} {count} passages in {embed_s:.1f}s ({count / embed_s:.0f} passages/s)", flush=True)
     if cfg.shards > count:
         raise ConfigError(f"index.shards: {cfg.shards} shards for only {count} passages")
 
@@ -226,25 +263,33 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexMa
         encoder=encoder, pooling=cfg.pooling, max_length=cfg.max_length, dimension=dimension,
         metric="inner_product", count=count, factory=cfg.factory,
         shard_offsets=even_shard_offsets(count, cfg.shards),
-        fingerprint={"encoder": encoder, "weights_sha256": weights_sha256(load_encoder(encoder)[1]), "count": count},
+        fingerprint=_fingerprint(encoder, count, source, cfg.adopt_faiss),
     )
-    build_shards(tmp, manifest, cfg.train_sample, cfg.recall_queries)
+    build_shards(tmp, manifest, cfg.train_sample, cfg.recall_queries, adopt=cfg.adopt_faiss or None)
     return manifest
 
 
+def _fingerprint(encoder: str, count: int, source: EmbeddedSource | None, adopt: str = "") -> dict:
+    if source is not None:  # the vectors' encoder is a name the user gave: nothing of it is loaded to hash
+        return {"encoder": encoder, "precomputed": str(source.path), "count": count, "adopted_faiss": adopt}
+    return {"encoder": encoder, "weights_sha256": weights_sha256(load_encoder(encoder)[1]), "count": count}
+
+
 def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, recall_queries: int,
-                 log=print) -> None:
-    """Write one FAISS index per shard of `manifest` over `directory`/vectors.f32, measure an approximate
-    index's recall@10 against exact search, then write the manifest (last: it marks the build complete).
-    `log` takes the progress lines (None: they go nowhere)."""
+                 log=print, adopt: str | None = None) -> None:
+    """Write one FAISS index per shard of `manifest` over `directory`/vectors.f32 (or copy the checked .faiss
+    file `adopt` as the one shard), measure an approximate index's recall@10 against exact search, then write
+    the manifest (last: it marks the build complete). `log` takes the progress lines (None: they go nowhere)."""
     log = log or (lambda line: None)
     vectors = open_vectors(directory, manifest)
     started = time.perf_counter()
-    for shard in range(manifest.num_shards):
+    if adopt:
+        with storage_errors(directory / shard_file(0)):
+            shutil.copyfile(adopt, directory / shard_file(0))
+        log(f"[build_index] shard 0: adopted {adopt} ({manifest.count} vectors)")
+    for shard in range(manifest.num_shards) if not adopt else ():
         start, end = manifest.shard_range(shard)
-        index = _build_shard(vectors[start:end], manifest.factory, train_sample)
-        with storage_errors(directory / shard_file(shard)):
-            faiss.write_index(index, str(directory / shard_file(shard)))
+        build_one_index(vectors[start:end], manifest.factory, directory / shard_file(shard), train_sample)
         log(f"[build_index] shard {shard}: {end - start} vectors, {manifest.factory}")
     log(f"[build_index] FAISS build {time.perf_counter() - started:.1f}s")
     indexes = [faiss.read_index(str(directory / shard_file(s)), faiss.IO_FLAG_MMAP_IFC)
