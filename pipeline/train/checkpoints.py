@@ -119,13 +119,11 @@ def export_model(checkpoint, destination: Path) -> Path:
     The copy is made and loaded beside `destination` and renamed into place only then: a full disk or an
     interrupted export leaves the previous model whole (StorageError naming the path), never half a model."""
     def copy_and_load(tmp: Path) -> None:
-        source = Path(ckpt) / MODEL_DIR
-        parts = load_rag_model(source)
+        shutil.copytree(Path(ckpt) / MODEL_DIR, tmp, dirs_exist_ok=True)
+        parts = load_rag_model(tmp)  # the exported model must load on its own before we say it exists
         if parts.lora is not None:  # a checkpoint of adapters: the export merges them into the generator
             save_rag_model(parts, tmp)
-        else:
-            shutil.copytree(source, tmp, dirs_exist_ok=True)
-        load_rag_model(tmp)  # the exported model must load on its own before we say it exists
+            load_rag_model(tmp)
 
     with checkpoint.as_directory() as ckpt:
         return replace_directory(destination, copy_and_load)

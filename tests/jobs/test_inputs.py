@@ -178,8 +178,9 @@ def test_a_run_with_its_own_train_file_but_no_dev_is_refused_naming_the_key(tmp_
     code, err = _run_finetune_job(monkeypatch, capsys, ["--data.train", train, "--index.directory",
                                                         str(tmp_path / "index")])
     assert code == 2
-    assert err == ("error: data.dev: empty (give a dev QA file); model.generator: empty (give a seq2seq generator "
-                   "(Hugging Face name or path, e.g. facebook/bart-large)); knowledge_base.documents: empty (give "
+    assert err == ("error: data.dev: empty (give a dev QA file); model.generator: empty (give a generator "
+                   "(Hugging Face name or path, e.g. facebook/bart-large or Qwen/Qwen2.5-0.5B)); "
+                   "knowledge_base.documents: empty (give "
                    "the documents file to build the index from); or name no data at all to run the bundled demo\n")
 
 
