@@ -29,6 +29,14 @@ from pipeline.retrieval.group_record import (
     served_version,
     write_group_record,
 )
+from pipeline.retrieval.placement import (
+    placement_of,
+    remove_placements,
+    replica_bundle,
+    replica_strategy,
+    shard_placement,
+    shard_strategy,
+)
 from pipeline.retrieval.rollout import roll_group_forward
 from pipeline.retrieval.shard import ShardSearcher
 
@@ -124,7 +132,7 @@ class RetrievalActor:
             "searches": coalescer.searches if coalescer else self.calls,
             "largest_batch": coalescer.largest_batch if coalescer else 1,
             "fallback_rows": sum(s.fallback_rows for s in self.versions.values()),
-            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "calls": self.calls,
+            "node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "calls": self.calls,
             "load_s": round(self.load_s, 3), "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
 
@@ -158,13 +166,15 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
     else:
         write_group_record(cfg.group, cfg.namespace, version, [version])
     handles = []
+    strategy = shard_strategy(cfg, warn=fresh)
     for shard in range(manifest.num_shards):
+        # The group's own detached placement group, never a caller's (a Tune trial's): it outlives the caller.
+        pg = shard_placement(cfg, shard, strategy) if replica_bundle(cfg) else None
         for replica in range(cfg.replicas):
             handles.append(RetrievalActor.options(
                 name=actor_name(cfg.group, shard, replica), namespace=cfg.namespace, lifetime="detached",
                 get_if_exists=True, max_restarts=-1, max_concurrency=cfg.max_concurrency,
-                # Outside any placement group of the caller (a Tune trial's): the group outlives whoever starts it.
-                scheduling_strategy="DEFAULT",
+                scheduling_strategy=replica_strategy(pg, replica),
                 num_cpus=cfg.actor_num_cpus, resources=dict(cfg.actor_resources),
                 runtime_env={"env_vars": {str(key): str(value) for key, value in cfg.actor_env.items()}},
             ).remote(str(version.directory), shard, replica, dataclasses.asdict(cfg)))
@@ -198,7 +208,8 @@ def group_status(group: str, namespace: str, timeout_s: float = 10.0) -> list[di
         try:
             rows.append(_describe(ray.get_actor(member.name, namespace=namespace), timeout_s))
         except (ray.exceptions.RayError, ValueError) as e:
-            rows.append({"shard": member.shard, "replica": member.replica,
+            placement = placement_of(group, namespace, member.shard)
+            rows.append({"shard": member.shard, "replica": member.replica, "placement": placement.get("state"),
                          "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
     return rows
 
@@ -214,5 +225,6 @@ def stop_retrieval_group(group: str, namespace: str) -> int:
     deadline = time.monotonic() + 30
     while list_members(group, namespace) and time.monotonic() < deadline:
         time.sleep(0.1)
+    remove_placements(group, namespace)
     delete_group_record(group, namespace)
     return len(members)
