@@ -132,7 +132,8 @@ class RetrievalActor:
             "searches": coalescer.searches if coalescer else self.calls,
             "largest_batch": coalescer.largest_batch if coalescer else 1,
             "fallback_rows": sum(s.fallback_rows for s in self.versions.values()),
-            "node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(), "pid": os.getpid(), "calls": self.calls,
+            "node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(), "calls": self.calls,
             "load_s": round(self.load_s, 3), "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
 
@@ -181,9 +182,13 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
     try:
         return ray.get([h.describe.remote() for h in handles], timeout=ready_timeout_s)
     except ray.exceptions.GetTimeoutError:
+        if fresh:  # actors and placement groups left waiting would take the nodes when they come, as half a group
+            stop_retrieval_group(cfg.group, cfg.namespace)
+        strict = cfg.placement == "strict"
+        spread = f", on {cfg.replicas} different nodes (retrieval.placement strict)" if strict else ""
         raise RetrievalError(
             f"retrieval group {cfg.group!r}: actors not ready after {ready_timeout_s:.0f}s; does the cluster have "
-            f"{cfg.actor_num_cpus} CPU and resources {cfg.actor_resources} free for each?"
+            f"{cfg.actor_num_cpus} CPU and resources {cfg.actor_resources} free for each{spread}?"
         ) from None
     except ray.exceptions.RayError as e:
         # A replica's constructor raised (a damaged shard file, ...): Ray does not restart an actor whose

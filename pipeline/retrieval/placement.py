@@ -6,7 +6,9 @@ replica of a shard, never the shard. Ray keeps that promise after a loss by itse
 rescheduled onto a node that does not hold another bundle of the same shard as soon as one fits, and the replica
 Ray restarts in it (max_restarts=-1) loads the version the group record names. Until then the replica stays
 RESTARTING and callers use the others. With fewer such nodes (one node: every test here) the placement group is
-SPREAD, which packs what cannot spread, and one line says that replicas of a shard share a node.
+SPREAD, which packs what cannot spread, and one line says that replicas of a shard share a node; with
+`retrieval.placement strict` it is STRICT_SPREAD anyway, and the group waits for the nodes (an autoscaler starts
+them; a fixed cluster ends the wait with the start's ready timeout error).
 
 Placement groups are detached and named `{namespace}/{group}.shard{s}`, like the actors: they outlive the job
 that made them until `stop_retrieval_group` removes them. Nothing here imports torch.
@@ -68,7 +70,10 @@ def _find(name: str) -> tuple[PlacementGroup, dict] | None:
 
 
 def shard_strategy(cfg: RetrievalConfig, warn: bool = True) -> str:
-    """STRICT_SPREAD where the cluster has a node per replica, else SPREAD (said, with why, if `warn`)."""
+    """STRICT_SPREAD where the cluster has a node per replica (or `retrieval.placement strict`: an autoscaler adds
+    the nodes it waits for), else SPREAD (said, with why, if `warn`)."""
+    if cfg.placement == "strict":
+        return "STRICT_SPREAD"
     nodes = replica_nodes(cfg)
     if cfg.replicas > 1 and len(nodes) < cfg.replicas:
         if warn:
