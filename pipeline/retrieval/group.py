@@ -30,7 +30,7 @@ from pipeline.retrieval.group_record import (
     write_group_record,
 )
 from pipeline.retrieval.placement import (
-    placement_of,
+    group_placements,
     remove_placements,
     replica_bundle,
     replica_strategy,
@@ -207,16 +207,35 @@ def _describe(handle, timeout_s: float) -> dict:
 
 
 def group_status(group: str, namespace: str, timeout_s: float = 10.0) -> list[dict]:
-    """One description per member; an unreachable member is reported with its error instead."""
-    rows = []
-    for member in list_members(group, namespace):
+    """One description per member; an unreachable member is reported with its error (and the state of its
+    shard's placement group: RESCHEDULING while its node is lost) instead, and a replica that has a bundle but
+    no actor any more (killed without restart) as gone."""
+    rows, placements = [], group_placements(group, namespace)
+    members = list_members(group, namespace)
+    for member in members:
         try:
             rows.append(_describe(ray.get_actor(member.name, namespace=namespace), timeout_s))
         except (ray.exceptions.RayError, ValueError) as e:
-            placement = placement_of(group, namespace, member.shard)
-            rows.append({"shard": member.shard, "replica": member.replica, "placement": placement.get("state"),
+            state = placements[member.shard][1]["state"] if member.shard in placements else None
+            rows.append({"shard": member.shard, "replica": member.replica, "placement": state,
                          "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
-    return rows
+    listed = {(m.shard, m.replica) for m in members}
+    for shard, (_, row) in sorted(placements.items()):
+        for replica in range(len(row["bundles"])):
+            if (shard, replica) not in listed:
+                rows.append({"shard": shard, "replica": replica, "placement": row["state"],
+                             "error": "gone: no actor by its name (jobs/retrieval_service.py repair starts it)"})
+    return sorted(rows, key=lambda r: (r["shard"], r["replica"]))
+
+
+def repair_retrieval_group(cfg: RetrievalConfig) -> list[dict]:
+    """Start again the members of the running group `cfg.group` that are gone, on the version it serves (not
+    the location's CURRENT: a repair never rolls forward); returns member descriptions."""
+    serving = served_version(cfg.group, cfg.namespace)
+    if serving is None:
+        raise RetrievalError(f"retrieval group {cfg.group!r} is not running in namespace {cfg.namespace!r}; "
+                             f"nothing to repair (jobs/retrieval_service.py start starts it)")
+    return start_retrieval_group(str(serving.directory), cfg)
 
 
 def stop_retrieval_group(group: str, namespace: str) -> int:

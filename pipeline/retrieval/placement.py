@@ -116,21 +116,19 @@ def replica_strategy(pg: PlacementGroup | None, replica: int):
                                             placement_group_capture_child_tasks=False)
 
 
-def remove_placements(group: str, namespace: str) -> int:
-    """Remove the group's placement groups (their actors die with them); returns how many."""
+def group_placements(group: str, namespace: str) -> dict[int, tuple[PlacementGroup, dict]]:
+    """The group's live placement groups by shard, each with its row of Ray's placement group table."""
     prefix = placement_name(group, namespace, 0)[: -len("0")]
-    removed = 0
+    found = {}
     for pg_id, row in placement_group_table().items():
         if row["name"].startswith(prefix) and row["name"][len(prefix):].isdigit() and row["state"] not in _GONE:
-            remove_placement_group(PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))))
-            removed += 1
-    return removed
+            found[int(row["name"][len(prefix):])] = (PlacementGroup(ray.PlacementGroupID(bytes.fromhex(pg_id))), row)
+    return found
 
 
-def placement_of(group: str, namespace: str, shard: int) -> dict:
-    """State of the shard's placement group and the node of each bundle (for status)."""
-    found = _find(placement_name(group, namespace, shard))
-    if not found:
-        return {}
-    _, row = found
-    return {"state": row["state"], "strategy": row["strategy"], "bundle_nodes": row.get("bundles_to_node_id", {})}
+def remove_placements(group: str, namespace: str) -> int:
+    """Remove the group's placement groups (their actors die with them); returns how many."""
+    placements = group_placements(group, namespace)
+    for pg, _ in placements.values():
+        remove_placement_group(pg)
+    return len(placements)

@@ -28,7 +28,7 @@ from pipeline.retrieval.group import (
     start_retrieval_group,
     stop_retrieval_group,
 )
-from pipeline.retrieval.placement import placement_of
+from pipeline.retrieval.placement import group_placements
 
 NAMESPACE = "rag-multinode"
 QUERY_SEED = 3
@@ -109,7 +109,8 @@ def main(index_dir: str) -> dict:
         out["start_s"] = round(time.perf_counter() - started, 2)
         out["version"] = members[0]["version"]
         out["placement"] = placement(names)
-        out["placement_groups"] = [placement_of(CFG.group, NAMESPACE, s)["strategy"] for s in range(2)]
+        out["placement_groups"] = [row["strategy"] for _, (_, row) in
+                                   sorted(group_placements(CFG.group, NAMESPACE).items())]
         client = RetrievalClient(CFG.group, NAMESPACE, timeout_s=CFG.call_timeout_s, offset=0)
         queries = np.random.default_rng(QUERY_SEED).standard_normal((3, client.dimension)).astype(np.float32)
         out["ids_before"] = client.retrieve(queries, 4).ids.tolist()

@@ -1,13 +1,19 @@
-"""SERVE on one node: the group's placement groups, when the replicas of a shard must share the node or may not."""
+"""SERVE on one node: the group's placement groups (replicas sharing the node, or refusing to), status and repair."""
 
 from __future__ import annotations
 
+import json
+import time
+
 import pytest
+import ray
 from ray.util.placement_group import placement_group_table
 
+from jobs import retrieval_service
 from pipeline.config import RetrievalConfig
 from pipeline.errors import RetrievalError
 from pipeline.retrieval.group import start_retrieval_group, stop_retrieval_group
+from pipeline.retrieval.group_record import actor_name, list_members
 from pipeline.retrieval.placement import placement_name
 from tests.conftest import TEST_NAMESPACE
 
@@ -41,3 +47,38 @@ def test_strict_placement_on_too_few_nodes_ends_the_start_with_one_error_and_lea
     with pytest.raises(RetrievalError, match=r"not ready after 5s.*on 2 different nodes \(retrieval.placement strict"):
         start_retrieval_group(str(flat_index), cfg, ready_timeout_s=5)
     assert _placement_groups("strict") == {}
+
+
+def test_status_shows_a_replica_killed_for_good_and_repair_starts_it_on_the_served_version(flat_index, capsys):
+    args = ["--index.directory", str(flat_index), "--retrieval.group", "repair", "--retrieval.namespace",
+            TEST_NAMESPACE, "--retrieval.actor_num_cpus", "0.1", "--retrieval.replicas", "2"]
+    assert retrieval_service.main(["start", *args]) == 0
+    try:
+        served = {json.loads(line)["version"] for line in capsys.readouterr().out.splitlines() if '"shard"' in line}
+        victim = ray.get_actor(actor_name("repair", 1, 0), namespace=TEST_NAMESPACE)
+        old_id = victim._actor_id
+        ray.kill(victim, no_restart=True)
+        wait_until(lambda: len(list_members("repair", TEST_NAMESPACE)) == 3)
+        assert retrieval_service.main(["status", *args]) == 0
+        rows = _rows(capsys.readouterr().out)
+        assert [(r["shard"], r["replica"]) for r in rows if "error" in r] == [(1, 0)]
+        assert "gone" in rows[2]["error"] and rows[2]["placement"] == "CREATED"
+        assert retrieval_service.main(["repair", *args]) == 0
+        rows = _rows(capsys.readouterr().out)
+        assert len(rows) == 4 and {r["version"] for r in rows} == served
+        assert ray.get_actor(actor_name("repair", 1, 0), namespace=TEST_NAMESPACE)._actor_id != old_id
+    finally:
+        retrieval_service.main(["stop", *args])
+    with pytest.raises(RetrievalError, match="retrieval group 'repair' is not running .*nothing to repair"):
+        retrieval_service.main(["repair", *args])
+
+
+def _rows(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def wait_until(condition, timeout_s: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, "not within the time"
+        time.sleep(0.1)
