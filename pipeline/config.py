@@ -96,6 +96,10 @@ class RetrievalConfig:
                "by jobs/benchmark_checksums.py); sizes are always "
                "checked, and each shard's FAISS file's checksum.")
     call_timeout_s: float = option(60.0, "Seconds before a retrieval call to one replica counts as failed.", gt=0)
+    placement: str = option(
+        "spread", "Replicas of a shard: on different nodes where enough nodes offer actor_resources, else sharing one "
+                  "(spread, with a warning), or always on different nodes, waiting for them (strict: lets an "
+                  "autoscaler add them; pipeline/retrieval/placement.py).", ("spread", "strict"))
     keep_running: bool = option(True, "Leave the group running when the job ends (for later jobs and trials).")
     on_new_version: str = option(
         "roll", "When a job finds the running group on an older version of its index location: roll the group "

@@ -27,6 +27,9 @@ from pipeline.retrieval.group_record import list_members, read_group_record
 from pipeline.retrieval.result import RetrievalResult, merge_results
 
 _VERSION_ATTEMPTS = 20
+# A replica that failed a call is asked last for this long: on a lost node it stays unreachable until Ray has
+# rescheduled it, and asking it first would cost every other call a full call_timeout_s.
+_FAILED_REPLICA_REST_S = 30.0
 
 
 def _cause(error: ray.exceptions.RayTaskError) -> BaseException:
@@ -70,6 +73,7 @@ class RetrievalClient:
         self.dimension, self.count = info["dimension"], info["count"]
         self.version, self._version_checked = info["index_dir"], time.monotonic()
         self.version_changes = 0  # how often calls moved to a newer version
+        self._resting: dict[tuple[int, int], float] = {}  # (shard, replica) -> until (time.monotonic)
 
     def retrieve(self, vectors: np.ndarray, k: int) -> RetrievalResult:
         """Top-k passages for float32[B, d] question vectors, merged over all shards."""
@@ -115,7 +119,14 @@ class RetrievalClient:
         return True
 
     def _choose(self, shard: int) -> int:
-        return (self._turn + shard) % len(self.replicas[shard])
+        """This call's replica of `shard`: the rotation's, or the next one that has not failed lately."""
+        count, now = len(self.replicas[shard]), time.monotonic()
+        first = (self._turn + shard) % count
+        for step in range(count):
+            replica = (first + step) % count
+            if self._resting.get((shard, replica), 0.0) <= now:
+                return replica
+        return first
 
     def _submit(self, shard: int, replica: int, ref, k: int):
         return replica, self.replicas[shard][replica].search.remote(ref, k, self.version)
@@ -129,6 +140,7 @@ class RetrievalClient:
                 return ray.get(future, timeout=self.timeout_s)
             except _FAILOVER_ERRORS as e:
                 errors.append(f"replica {replica}: {type(e).__name__}")
+                self._resting[(shard, replica)] = time.monotonic() + _FAILED_REPLICA_REST_S
                 if tried + 1 < len(replicas):
                     replica = (replica + 1) % len(replicas)
                     future = replicas[replica].search.remote(ref, k, self.version)

@@ -29,6 +29,14 @@ from pipeline.retrieval.group_record import (
     served_version,
     write_group_record,
 )
+from pipeline.retrieval.placement import (
+    group_placements,
+    remove_placements,
+    replica_bundle,
+    replica_strategy,
+    shard_placement,
+    shard_strategy,
+)
 from pipeline.retrieval.rollout import roll_group_forward
 from pipeline.retrieval.shard import ShardSearcher
 
@@ -124,7 +132,8 @@ class RetrievalActor:
             "searches": coalescer.searches if coalescer else self.calls,
             "largest_batch": coalescer.largest_batch if coalescer else 1,
             "fallback_rows": sum(s.fallback_rows for s in self.versions.values()),
-            "node_ip": ray.util.get_node_ip_address(), "pid": os.getpid(), "calls": self.calls,
+            "node_ip": ray.util.get_node_ip_address(), "node_id": ray.get_runtime_context().get_node_id(),
+            "pid": os.getpid(), "calls": self.calls,
             "load_s": round(self.load_s, 3), "rss_mb": round(psutil.Process().memory_info().rss / 2**20, 1),
         }
 
@@ -158,22 +167,28 @@ def start_retrieval_group(index_dir: str, cfg: RetrievalConfig, ready_timeout_s:
     else:
         write_group_record(cfg.group, cfg.namespace, version, [version])
     handles = []
+    strategy = shard_strategy(cfg, warn=fresh)
     for shard in range(manifest.num_shards):
+        # The group's own detached placement group, never a caller's (a Tune trial's): it outlives the caller.
+        pg = shard_placement(cfg, shard, strategy) if replica_bundle(cfg) else None
         for replica in range(cfg.replicas):
             handles.append(RetrievalActor.options(
                 name=actor_name(cfg.group, shard, replica), namespace=cfg.namespace, lifetime="detached",
                 get_if_exists=True, max_restarts=-1, max_concurrency=cfg.max_concurrency,
-                # Outside any placement group of the caller (a Tune trial's): the group outlives whoever starts it.
-                scheduling_strategy="DEFAULT",
+                scheduling_strategy=replica_strategy(pg, replica),
                 num_cpus=cfg.actor_num_cpus, resources=dict(cfg.actor_resources),
                 runtime_env={"env_vars": {str(key): str(value) for key, value in cfg.actor_env.items()}},
             ).remote(str(version.directory), shard, replica, dataclasses.asdict(cfg)))
     try:
         return ray.get([h.describe.remote() for h in handles], timeout=ready_timeout_s)
     except ray.exceptions.GetTimeoutError:
+        if fresh:  # actors and placement groups left waiting would take the nodes when they come, as half a group
+            stop_retrieval_group(cfg.group, cfg.namespace)
+        strict = cfg.placement == "strict"
+        spread = f", on {cfg.replicas} different nodes (retrieval.placement strict)" if strict else ""
         raise RetrievalError(
             f"retrieval group {cfg.group!r}: actors not ready after {ready_timeout_s:.0f}s; does the cluster have "
-            f"{cfg.actor_num_cpus} CPU and resources {cfg.actor_resources} free for each?"
+            f"{cfg.actor_num_cpus} CPU and resources {cfg.actor_resources} free for each{spread}?"
         ) from None
     except ray.exceptions.RayError as e:
         # A replica's constructor raised (a damaged shard file, ...): Ray does not restart an actor whose
@@ -192,15 +207,35 @@ def _describe(handle, timeout_s: float) -> dict:
 
 
 def group_status(group: str, namespace: str, timeout_s: float = 10.0) -> list[dict]:
-    """One description per member; an unreachable member is reported with its error instead."""
-    rows = []
-    for member in list_members(group, namespace):
+    """One description per member; an unreachable member is reported with its error (and the state of its
+    shard's placement group: RESCHEDULING while its node is lost) instead, and a replica that has a bundle but
+    no actor any more (killed without restart) as gone."""
+    rows, placements = [], group_placements(group, namespace)
+    members = list_members(group, namespace)
+    for member in members:
         try:
             rows.append(_describe(ray.get_actor(member.name, namespace=namespace), timeout_s))
         except (ray.exceptions.RayError, ValueError) as e:
-            rows.append({"shard": member.shard, "replica": member.replica,
+            state = placements[member.shard][1]["state"] if member.shard in placements else None
+            rows.append({"shard": member.shard, "replica": member.replica, "placement": state,
                          "error": f"{type(e).__name__}: {str(e).splitlines()[0][:120]}"})
-    return rows
+    listed = {(m.shard, m.replica) for m in members}
+    for shard, (_, row) in sorted(placements.items()):
+        for replica in range(len(row["bundles"])):
+            if (shard, replica) not in listed:
+                rows.append({"shard": shard, "replica": replica, "placement": row["state"],
+                             "error": "gone: no actor by its name (jobs/retrieval_service.py repair starts it)"})
+    return sorted(rows, key=lambda r: (r["shard"], r["replica"]))
+
+
+def repair_retrieval_group(cfg: RetrievalConfig) -> list[dict]:
+    """Start again the members of the running group `cfg.group` that are gone, on the version it serves (not
+    the location's CURRENT: a repair never rolls forward); returns member descriptions."""
+    serving = served_version(cfg.group, cfg.namespace)
+    if serving is None:
+        raise RetrievalError(f"retrieval group {cfg.group!r} is not running in namespace {cfg.namespace!r}; "
+                             f"nothing to repair (jobs/retrieval_service.py start starts it)")
+    return start_retrieval_group(str(serving.directory), cfg)
 
 
 def stop_retrieval_group(group: str, namespace: str) -> int:
@@ -214,5 +249,6 @@ def stop_retrieval_group(group: str, namespace: str) -> int:
     deadline = time.monotonic() + 30
     while list_members(group, namespace) and time.monotonic() < deadline:
         time.sleep(0.1)
+    remove_placements(group, namespace)
     delete_group_record(group, namespace)
     return len(members)
