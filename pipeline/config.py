@@ -18,6 +18,7 @@ from typing import Any
 import yaml
 
 from pipeline.errors import ConfigError
+from pipeline.index.manifest import VECTOR_DTYPES
 from pipeline.model.registry import (
     DEFAULT_PROMPT_TEMPLATE,
     POOLINGS,
@@ -60,6 +61,8 @@ class IndexConfig:
     embed_num_cpus: float = option(1.0, "CPUs per embedding actor.", ge=0)
     embed_num_gpus: float = option(0.0, "GPUs per embedding actor.", ge=0)
     overwrite: bool = option(False, "Replace an existing index directory.")
+    vector_dtype: str = option("float32", "How the exact vectors are stored: float16 halves them (approximate "
+                               "indexes only; re-ranked and returned as float32).", tuple(VECTOR_DTYPES))
     adopt_faiss: str = option(
         "", "Precomputed vectors only: their .faiss file (ids = rows, inner product) served as the one shard instead "
             "of a new build; count and dimension must match (index.factory should name its type).")

@@ -65,22 +65,22 @@ def write_synthetic_corpus(directory: str | Path, count: int, dimension: int, se
 
 def write_synthetic_index(directory: str | Path, count: int, dimension: int, factory: str, shards: int = 1,
                           seed: int = 0, train_sample: int = 100_000, recall_queries: int = 0,
-                          passage_words: int = 8) -> IndexManifest:
+                          passage_words: int = 8, vector_dtype: str = "float32") -> IndexManifest:
     """An index directory over `synthetic_vectors` with dummy passages of `passage_words` words, built by the
-    real build's shard step (`build_shards`: FAISS files, recall into the manifest). Reused when one with the
-    same shape is there."""
+    real build's shard step (`build_shards`: FAISS files, exact vectors stored as `vector_dtype`, recall into
+    the manifest). Reused when one with the same shape is there."""
     directory = Path(directory)
     if (directory / MANIFEST).is_file():
         manifest = read_manifest(directory)
-        if (manifest.count, manifest.dimension, manifest.factory, manifest.num_shards) == (
-                count, dimension, factory, shards):
+        shape = (manifest.count, manifest.dimension, manifest.factory, manifest.num_shards, manifest.vector_dtype)
+        if shape == (count, dimension, factory, shards, vector_dtype):
             return manifest
-        raise ValueError(f"{directory}: holds {manifest.count} x {manifest.dimension} {manifest.factory} in "
-                         f"{manifest.num_shards} shard(s), not {count} x {dimension} {factory} in {shards}")
+        raise ValueError(f"{directory}: holds {shape} (count, dimension, factory, shards, vector dtype), not "
+                         f"{(count, dimension, factory, shards, vector_dtype)}")
     write_synthetic_corpus(directory, count, dimension, seed, passage_words)
     manifest = IndexManifest(encoder="synthetic", pooling="none", max_length=0, dimension=dimension,
                              metric="inner_product", count=count, factory=factory,
-                             shard_offsets=even_shard_offsets(count, shards))
+                             shard_offsets=even_shard_offsets(count, shards), vector_dtype=vector_dtype)
     build_shards(directory, manifest, train_sample, recall_queries)
     return manifest
 

@@ -27,6 +27,7 @@ from pipeline.errors import (
 from pipeline.index.manifest import (
     MANIFEST,
     PASSAGES,
+    VECTOR_DTYPES,
     VECTORS,
     IndexManifest,
     PassagesWriter,
@@ -102,6 +103,14 @@ def check_factory(factory: str, dimension: int = 8) -> None:
         raise ConfigError(f"index.factory: FAISS does not accept {factory!r} ({reason})") from None
 
 
+def check_vector_dtype(cfg: IndexConfig) -> None:
+    """ConfigError for float16 exact vectors under an exact index, which would save nothing: a Flat shard is
+    searched over the exact vectors themselves, and its FAISS file holds them in float32 anyway."""
+    if cfg.vector_dtype != "float32" and cfg.factory.strip() == "Flat":
+        raise ConfigError(f"index.vector_dtype {cfg.vector_dtype}: only for approximate index.factory values "
+                          f"(IVF..., HNSW...), whose exact vectors serve the re-ranking; Flat keeps float32")
+
+
 def embed_passages(ds, encoder: str, pooling: str, max_length: int, batch_size: int, concurrency: int,
                    num_cpus: float, num_gpus: float):
     """`ds` of {title, text} -> the same rows with float32 `vector`, embedded by a pool of PassageEmbedder actors."""
@@ -144,19 +153,20 @@ def _build_shard(vectors: np.ndarray, factory: str, train_sample: int, seed: int
         rng = np.random.default_rng(seed)
         sample = np.sort(rng.choice(len(vectors), min(train_sample, len(vectors)), replace=False))
         try:
-            index.train(np.ascontiguousarray(vectors[sample]))
+            index.train(np.ascontiguousarray(vectors[sample], dtype=np.float32))
         except RuntimeError as e:
             raise ConfigError(
                 f"index.factory {factory!r}: training on {len(sample)} vectors failed "
                 f"({str(e).strip().splitlines()[-1][:200]}); use more passages or a smaller index"
             ) from None
     for start in range(0, len(vectors), _ADD_CHUNK):
-        index.add(np.ascontiguousarray(vectors[start:start + _ADD_CHUNK]))
+        index.add(np.ascontiguousarray(vectors[start:start + _ADD_CHUNK], dtype=np.float32))
     return index
 
 
 def build_one_index(vectors: np.ndarray, factory: str, path: Path, train_sample: int = 100_000) -> None:
-    """Write one inner-product FAISS index of `factory` over float32[n, d] `vectors` (ids 0..n-1) to `path`."""
+    """Write one inner-product FAISS index of `factory` over [n, d] `vectors` (ids 0..n-1; float32, or float16
+    read as float32) to `path`."""
     index = _build_shard(vectors, factory, train_sample)
     with storage_errors(path):
         faiss.write_index(index, str(path))
@@ -173,6 +183,7 @@ def build_index(kb: KnowledgeBaseConfig, cfg: IndexConfig) -> IndexManifest:
     check_section(kb, "knowledge_base")
     check_section(cfg, "index")
     check_factory(cfg.factory)
+    check_vector_dtype(cfg)
     _check_build_target(location, cfg.overwrite)
     source = _check_input(kb, cfg)
     created = _first_missing(location)
@@ -262,7 +273,7 @@ def _build_into(tmp: Path, kb: KnowledgeBaseConfig, cfg: IndexConfig, source: Em
     manifest = IndexManifest(
         encoder=encoder, pooling=cfg.pooling, max_length=cfg.max_length, dimension=dimension,
         metric="inner_product", count=count, factory=cfg.factory,
-        shard_offsets=even_shard_offsets(count, cfg.shards),
+        shard_offsets=even_shard_offsets(count, cfg.shards), vector_dtype=cfg.vector_dtype,
         fingerprint=_fingerprint(encoder, count, source, cfg.adopt_faiss),
     )
     build_shards(tmp, manifest, cfg.train_sample, cfg.recall_queries, adopt=cfg.adopt_faiss or None)
@@ -278,10 +289,11 @@ def _fingerprint(encoder: str, count: int, source: EmbeddedSource | None, adopt:
 def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, recall_queries: int,
                  log=print, adopt: str | None = None) -> None:
     """Write one FAISS index per shard of `manifest` over `directory`/vectors.f32 (or copy the checked .faiss
-    file `adopt` as the one shard), measure an approximate index's recall@10 against exact search, then write
-    the manifest (last: it marks the build complete). `log` takes the progress lines (None: they go nowhere)."""
+    file `adopt` as the one shard), store the exact vectors as `manifest.vector_dtype`, measure an approximate
+    index's recall@10 against exact float32 search, then write the manifest (last: it marks the build complete).
+    `log` takes the progress lines (None: they go nowhere)."""
     log = log or (lambda line: None)
-    vectors = open_vectors(directory, manifest)
+    vectors = open_vectors(directory, manifest, "float32")
     started = time.perf_counter()
     if adopt:
         with storage_errors(directory / shard_file(0)):
@@ -294,8 +306,26 @@ def build_shards(directory: Path, manifest: IndexManifest, train_sample: int, re
     log(f"[build_index] FAISS build {time.perf_counter() - started:.1f}s")
     indexes = [faiss.read_index(str(directory / shard_file(s)), faiss.IO_FLAG_MMAP_IFC)
                for s in range(manifest.num_shards)]
-    manifest.recall_at_10_vs_exact = measure_recall(indexes, vectors, manifest.shard_offsets, recall_queries)
+    served = _store_vectors(directory, manifest, vectors)
+    manifest.recall_at_10_vs_exact = measure_recall(indexes, served, manifest.shard_offsets, recall_queries,
+                                                    exact=vectors)
+    if served is not vectors:
+        with storage_errors(directory / VECTORS):
+            (directory / VECTORS).unlink()
     for row in manifest.recall_at_10_vs_exact:
         setting = ", ".join(f"{key} {value}" for key, value in row.items() if key not in ("recall", "queries"))
         log(f"[build_index] recall@10 vs exact with {setting}: {row['recall']:.3f}")
     manifest.write(directory)
+
+
+def _store_vectors(directory: Path, manifest: IndexManifest, vectors: np.ndarray) -> np.ndarray:
+    """`vectors` (the float32 file) written again as `manifest.vector_dtype`, chunk by chunk so a 64 GB file
+    needs no 64 GB of memory; returns the stored file memory-mapped (`vectors` itself for float32)."""
+    if manifest.vector_dtype == "float32":
+        return vectors
+    numpy_type = VECTOR_DTYPES[manifest.vector_dtype][1]
+    path = directory / manifest.vectors_file
+    with storage_errors(path), open(path, "wb") as out:
+        for start in range(0, len(vectors), _ADD_CHUNK):
+            out.write(np.ascontiguousarray(vectors[start:start + _ADD_CHUNK], dtype=numpy_type).tobytes())
+    return open_vectors(directory, manifest)

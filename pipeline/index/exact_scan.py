@@ -30,14 +30,18 @@ _ROWS = 4  # rows scored together: 4 accumulators per question, 4 rows of vector
 # scan) to 32 (faster than FAISS's product); above, FAISS's matrix product is faster. Crossover measured by
 # jobs/benchmark_retrieval.py (`exact_paths` in its JSON, docs/results.md).
 EXACT_SCAN_UP_TO_BATCH = 32
+_CONVERT_ROWS = 1 << 15  # float16 rows converted at once by _exact_search_by_blocks: 96 MB as float32 at 768-d
 
 
 def exact_search(vectors: np.ndarray, queries: np.ndarray, k: int,
                  index: faiss.Index | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(scores float32[B, k], rows int64[B, k]) of the exact inner-product top-k of `vectors` for `queries`,
     by the faster path for B questions: this kernel, or FAISS (`index`, a Flat index holding `vectors`, or
-    a search of `vectors` without one). Uses the calling thread's FAISS (OpenMP) thread count."""
+    a search of `vectors` without one). Uses the calling thread's FAISS (OpenMP) thread count. Vectors stored
+    as float16 are searched block by block as float32 (an approximate shard's fallback for unfilled rows)."""
     threads = faiss.omp_get_max_threads()
+    if vectors.dtype != np.float32:
+        return _exact_search_by_blocks(vectors, queries, k)
     if len(queries) <= EXACT_SCAN_UP_TO_BATCH:
         return exact_top_k(vectors, queries, k, threads)
     if index is None:
@@ -64,6 +68,20 @@ def exact_top_k(vectors: np.ndarray, queries: np.ndarray, k: int,
     scores = np.concatenate([s for s, _ in found], axis=1)
     rows = np.concatenate([r for _, r in found], axis=1)
     order = np.lexsort((rows, -scores), axis=1)[:, :k]  # by score, descending, then by row
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
+def _exact_search_by_blocks(vectors: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """exact_search over `vectors` of another dtype, converted to float32 one block of rows at a time, so the
+    search never holds a float32 copy of the whole shard."""
+    found = []
+    for start in range(0, len(vectors), _CONVERT_ROWS):
+        block = np.asarray(vectors[start:start + _CONVERT_ROWS], dtype=np.float32)
+        scores, rows = exact_search(block, np.ascontiguousarray(queries, np.float32), min(k, len(block)))
+        found.append((scores, rows + start))
+    scores = np.concatenate([s for s, _ in found], axis=1)
+    rows = np.concatenate([r for _, r in found], axis=1)
+    order = np.lexsort((rows, -scores), axis=1)[:, :k]
     return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
 
 

@@ -5,7 +5,8 @@ written once by `build_index` or a refresh and read by every retrieval actor.
                            size and CRC-32 of every other file (pipeline/index/integrity.py)
     passages.arrow         id (int64, = row = FAISS id), title, text: an uncompressed Arrow IPC file, so every
                            actor on a node memory-maps the same pages instead of holding its own copy
-    vectors.f32            exact passage vectors, raw float32 [count, dimension], memory-mappable
+    vectors.f32            exact passage vectors, raw float32 [count, dimension], memory-mappable (vectors.f16,
+                           raw float16, for an index built with index.vector_dtype float16)
     shard_{s}.faiss        FAISS index over ids [offsets[s], offsets[s + 1])
 
 Format 1 kept the passages in passages.parquet (read into every actor's heap); it is refused with a request
@@ -33,7 +34,11 @@ FORMAT_VERSION = 3
 READ_FORMATS = (2, 3)  # 2: the same files without their sizes and checksums in the manifest
 MANIFEST = "manifest.json"
 PASSAGES = "passages.arrow"
-VECTORS = "vectors.f32"
+# The stored exact vectors' types -> (file name, numpy type). float16 halves the largest part of an approximate
+# index (docs/scaling.md) for a measured loss of recall; vectors leave a shard as float32 either way.
+VECTOR_DTYPES = {"float32": ("vectors.f32", np.float32), "float16": ("vectors.f16", np.float16)}
+VECTORS = VECTOR_DTYPES["float32"][0]  # what a build or a refresh writes first, whatever it stores
+VECTOR_FILES = tuple(name for name, _ in VECTOR_DTYPES.values())
 
 
 def shard_file(shard: int) -> str:
@@ -60,6 +65,12 @@ class IndexManifest:
     fingerprint: dict = dataclasses.field(default_factory=dict)
     # Format 3: {file name: {"bytes": size, "crc32": checksum}} of every other file of the version.
     files: dict = dataclasses.field(default_factory=dict)
+    # How the exact vectors are stored (VECTOR_DTYPES); manifests written before the choice existed hold float32.
+    vector_dtype: str = "float32"
+
+    @property
+    def vectors_file(self) -> str:
+        return VECTOR_DTYPES[self.vector_dtype][0]
 
     @property
     def num_shards(self) -> int:
@@ -71,7 +82,7 @@ class IndexManifest:
 
     def data_files(self) -> list[str]:
         """The files of a version besides the manifest."""
-        return [PASSAGES, VECTORS] + [shard_file(s) for s in range(self.num_shards)]
+        return [PASSAGES, self.vectors_file] + [shard_file(s) for s in range(self.num_shards)]
 
     def write(self, directory: Path) -> None:
         """Record the size and checksum of every data file of `directory`, then write manifest.json (atomically:
@@ -108,6 +119,9 @@ def read_manifest(directory: str | Path, checksums: list[str] | bool = ()) -> In
             f"{' and '.join(map(str, READ_FORMATS))}; rebuild the index into a new location "
             f"(jobs/build_index.py --index.directory NEW_DIR)"
         )
+    if manifest.vector_dtype not in VECTOR_DTYPES:
+        raise IndexFormatError(f"{path}: vector_dtype {manifest.vector_dtype!r}, this code reads "
+                               f"{' and '.join(VECTOR_DTYPES)}")
     offsets = manifest.shard_offsets
     if len(offsets) < 2 or offsets[0] != 0 or offsets[-1] != manifest.count or sorted(offsets) != offsets:
         raise IndexFormatError(f"{path}: shard_offsets {offsets} do not cover count {manifest.count}")
@@ -119,12 +133,13 @@ def read_manifest(directory: str | Path, checksums: list[str] | bool = ()) -> In
         if unrecorded:
             raise IndexFormatError(f"{path}: no size and checksum recorded for {', '.join(unrecorded)}")
         verify_files(directory, manifest.files, checksums)
-    expected = manifest.count * manifest.dimension * 4
-    actual = (directory / VECTORS).stat().st_size
+    vectors = directory / manifest.vectors_file
+    expected = manifest.count * manifest.dimension * np.dtype(VECTOR_DTYPES[manifest.vector_dtype][1]).itemsize
+    actual = vectors.stat().st_size
     if actual != expected:
         raise IndexFormatError(
-            f"{directory / VECTORS}: {actual} bytes, manifest says {manifest.count} x {manifest.dimension} float32"
-            f" = {expected} bytes"
+            f"{vectors}: {actual} bytes, manifest says {manifest.count} x {manifest.dimension} "
+            f"{manifest.vector_dtype} = {expected} bytes"
         )
     rows = count_passages(directory / PASSAGES)
     if rows != manifest.count:
@@ -199,8 +214,9 @@ def open_passages(directory: str | Path) -> pa.Table:
     return pa.ipc.open_file(pa.memory_map(str(path))).read_all()
 
 
-def open_vectors(directory: str | Path, manifest: IndexManifest) -> np.ndarray:
-    """The exact vectors, memory-mapped read-only: replicas on one node share these pages.
-    `directory`: a version directory, or a location (its CURRENT version)."""
-    return np.memmap(_version_directory(directory) / VECTORS, dtype=np.float32, mode="r",
+def open_vectors(directory: str | Path, manifest: IndexManifest, dtype: str | None = None) -> np.ndarray:
+    """The exact vectors as stored (`manifest.vector_dtype`, or the file of `dtype`), memory-mapped read-only:
+    replicas on one node share these pages. `directory`: a version directory, or a location (its CURRENT)."""
+    name, numpy_type = VECTOR_DTYPES[dtype or manifest.vector_dtype]
+    return np.memmap(_version_directory(directory) / name, dtype=numpy_type, mode="r",
                      shape=(manifest.count, manifest.dimension))

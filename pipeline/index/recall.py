@@ -29,19 +29,22 @@ def settings_to_try(index: faiss.Index) -> list[SearchParams]:
 
 
 def measure_recall(indexes: list[faiss.Index], vectors: np.ndarray, offsets: list[int], queries: int,
-                   seed: int = 0) -> list[dict]:
+                   seed: int = 0, exact: np.ndarray | None = None) -> list[dict]:
     """Recall@10 vs exact for each setting of `settings_to_try`; [] for exact indexes or `queries` = 0.
 
-    `indexes[s]` holds ids [offsets[s], offsets[s + 1]) of `vectors` (float32[count, d]). Returns rows
-    {"nprobe" | "ef_search": value, "recall": mean fraction of the exact top-10 found, "queries": n}.
+    `indexes[s]` holds ids [offsets[s], offsets[s + 1]) of `vectors` (the served exact vectors, [count, d]);
+    `exact` the float32 vectors they were stored from, when those differ (index.vector_dtype float16): the
+    questions and the truth come from them. Returns rows {"nprobe" | "ef_search": value, "recall": mean
+    fraction of the exact top-10 found, "queries": n}.
     """
     if queries <= 0 or is_exact(indexes[0]):
         return []
+    exact = vectors if exact is None else exact
     rng = np.random.default_rng(seed)
-    sample = np.sort(rng.choice(len(vectors), min(queries, len(vectors)), replace=False))
-    q = np.ascontiguousarray(vectors[sample], dtype=np.float32)
-    k = min(RECALL_K, len(vectors))
-    truth = _merged_top_k([_exact(vectors, offsets, s, q, k) for s in range(len(indexes))], k)
+    sample = np.sort(rng.choice(len(exact), min(queries, len(exact)), replace=False))
+    q = np.ascontiguousarray(exact[sample], dtype=np.float32)
+    k = min(RECALL_K, len(exact))
+    truth = _merged_top_k([_exact(exact, offsets, s, q, k) for s in range(len(indexes))], k)
     rows = []
     for params in settings_to_try(indexes[0]):
         found = _merged_top_k([search_shard(index, vectors[offsets[s]:offsets[s + 1]], offsets[s], q, k, params)[:2]

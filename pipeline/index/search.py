@@ -92,7 +92,8 @@ def search_shard(index: faiss.Index, vectors: np.ndarray, start: int, queries: n
                  params: SearchParams = SearchParams()) -> ShardHits:
     """Top-min(k, shard size) of one shard for float32[B, d] `queries`.
 
-    `vectors` are the shard's exact vectors (float32[n, d], usually a memory map), `start` its first global id.
+    `vectors` are the shard's exact vectors ([n, d] float32, or float16 read as float32; usually a memory map),
+    `start` its first global id.
     Exact (Flat) indexes answer directly. Approximate ones return candidates that are re-scored with the exact
     vectors; a slot FAISS leaves empty (-1) is dropped, never read as passage 0, and a question left with fewer
     than k candidates is answered by an exact search of the shard instead, so every row holds k real passages.
@@ -117,7 +118,12 @@ def search_shard(index: faiss.Index, vectors: np.ndarray, start: int, queries: n
 
 def _exact_scores(queries: np.ndarray, vectors: np.ndarray, local: np.ndarray) -> np.ndarray:
     """float32[B, m] inner products of each question with its m candidate rows of `vectors` (-inf where the
-    candidate is -1), read in place: copying the B x m candidate rows out first costs more than scoring them."""
+    candidate is -1), read in place: copying the B x m candidate rows out first costs more than scoring them.
+    float16 rows have to be copied out (as float32) anyway: they are gathered, then scored."""
+    if vectors.dtype != np.float32:
+        rows = _gather(vectors, np.maximum(local, 0))
+        scores = np.einsum("bd,bmd->bm", np.asarray(queries, np.float32), rows)
+        return np.where(local >= 0, scores, -np.inf).astype(np.float32)
     queries, vectors = np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32)
     local = np.ascontiguousarray(local, dtype=np.int64)
     scores = np.empty(local.shape, dtype=np.float32)

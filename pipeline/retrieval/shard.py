@@ -11,7 +11,7 @@ from pipeline.errors import IndexFormatError, RetrievalError
 from pipeline.index.exact_scan import compile_exact_scan
 from pipeline.index.manifest import (
     PASSAGES,
-    VECTORS,
+    VECTOR_FILES,
     open_passages,
     open_vectors,
     read_manifest,
@@ -36,7 +36,7 @@ class ShardSearcher:
         # A shard's FAISS file is checksummed on every load: FAISS reads a damaged one into garbage or a crash.
         # The vectors and passages are read as memory maps and cost a full read pass (64 GB at 21M passages),
         # so only on request (retrieval.verify_checksums).
-        checksums = [shard_file(shard)] + ([PASSAGES, VECTORS] if verify_checksums else [])
+        checksums = [shard_file(shard)] + ([PASSAGES, *VECTOR_FILES] if verify_checksums else [])
         self.manifest = read_manifest(self.index_dir, checksums=checksums)
         if not 0 <= shard < self.manifest.num_shards:
             raise IndexFormatError(f"{self.index_dir}: no shard {shard} (manifest has {self.manifest.num_shards})")

@@ -66,6 +66,7 @@ def refresh_index(location: str, base_encoder: str, weights: list, step: int, ru
         manifest = IndexManifest(
             encoder=served.encoder, pooling=served.pooling, max_length=served.max_length, dimension=dimension,
             metric=served.metric, count=count, factory=served.factory, shard_offsets=served.shard_offsets,
+            vector_dtype=served.vector_dtype,
             fingerprint={"encoder": served.encoder, "weights_sha256": weights_sha256(encoder), "count": count,
                          "trained_at_step": step, "weights": "context_encoder"},
         )

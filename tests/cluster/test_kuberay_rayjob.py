@@ -1,4 +1,4 @@
-"""configs/kuberay_rayjob.yaml: the RayJob's entrypoint runs a config that loads, and the Ray cluster it creates
+"""configs/kubernetes/rayjob.yaml: the RayJob's entrypoint runs a config that loads, and the Ray cluster it creates
 is shaped the way that config needs (retrieval actors' resource offered only by the retrieval pods, enough GPU
 pods for the training workers, every path of the config on the volume every pod mounts).
 
@@ -17,7 +17,7 @@ import yaml
 from pipeline.config import RunConfig, parse_config
 
 REPO = Path(__file__).resolve().parents[2]
-MANIFEST = REPO / "configs" / "kuberay_rayjob.yaml"
+MANIFEST = REPO / "configs" / "kubernetes" / "rayjob.yaml"
 CODE_IN_IMAGE = "/home/ray/rag"  # where the image holds the project (docs/cluster.md's Dockerfile)
 
 
