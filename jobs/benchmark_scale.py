@@ -50,17 +50,17 @@ def measure_count(spec: ScaleBenchmarkSpec, count: int, work: Path, log) -> list
                                                                      spec.seed))
     log(f"[scale] N={count:,}: vectors and exact answers in {time.perf_counter() - started:.0f}s")
     rows = []
-    for _, template, shards in [c for c in plan(spec) if c[0] == count]:
+    for _, template, shards, dtype in [c for c in plan(spec) if c[0] == count]:
         factory = template.format(nlist=nlist_for(count // shards))
-        directory = work / f"n{count}-{factory.replace(',', '_')}-s{shards}"
+        directory = work / f"n{count}-{factory.replace(',', '_')}-s{shards}-{dtype}"
         built = ray.get(_in_task(build_config).remote(base, directory, count, spec.dimension, factory, shards,
-                                                      spec.train_sample))
+                                                      spec.train_sample, dtype))
         for settings in settings_for(factory, spec):
             row = {"count": count, "factory": factory, "shards": shards, **built,
                    **serve_and_measure(str(directory), shards, settings, questions, truth, spec.batch),
                    "load_1m": load_average()}
             rows.append(row)
-            log(f"[scale] N={count:,} {factory} S={shards} {settings or 'exact'}: build {built['build_s']:.0f}s, "
+            log(f"[scale] N={count:,} {factory} S={shards} {dtype} {settings or 'exact'}: build {built['build_s']:.0f}s, "
                 f"p50 {row['p50_ms']:.1f} ms/call, recall@10 {row['recall_at_10']:.3f}, "
                 f"PSS/actor {row['pss_mb_per_actor']:.0f} MB (load {row['load_1m']:.1f})")
         shutil.rmtree(directory)  # keep the disk to one N's indexes at a time
@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     spec = parse_spec(ScaleBenchmarkSpec, argv, __doc__)
     started = time.perf_counter()
     work = Path(spec.work_dir or tempfile.mkdtemp(prefix="scale-benchmark-"))
-    print("[scale] plan: " + "; ".join(f"N={n:,} {f} S={s}" for n, f, s in plan(spec)), flush=True)
+    print("[scale] plan: " + "; ".join(f"N={n:,} {f} S={s} {d}" for n, f, s, d in plan(spec)), flush=True)
     own_ray = not ray.is_initialized() and not os.environ.get("RAY_ADDRESS")
     connect_ray(num_cpus=max(spec.shards) + 2 if own_ray else None)
     load_before = load_average()

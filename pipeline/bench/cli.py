@@ -45,8 +45,8 @@ def parse_spec(spec_cls: type, argv: list[str] | None, description: str):
             items = [item.strip() for item in str(raw).split(",") if item.strip()]
             if not items:
                 raise ConfigError(f"{where}: expected a comma-separated list, got {raw!r}")
-            element = copy.copy(f)  # every list here holds counts (workers, actors, sizes)
-            element.type = int
+            element = copy.copy(f)  # a list holds what its default holds: counts (workers, sizes) or names
+            element.type = type(f.default_factory()[0]) if f.default_factory is not dataclasses.MISSING else int
             values[name] = [coerce(item, element, where) for item in items]
         else:
             values[name] = coerce(raw, f, where)

@@ -24,6 +24,7 @@ from pipeline.config import RetrievalConfig
 from pipeline.index.build import build_shards
 from pipeline.index.manifest import (
     PASSAGES,
+    VECTOR_DTYPES,
     VECTORS,
     IndexManifest,
     even_shard_offsets,
@@ -44,6 +45,8 @@ class ScaleBenchmarkSpec:
     compressed: str = option("IVF{nlist},PQ64x4fs", "Compressed index factory; {nlist} = a power of 2 near "
                                                    "2 x sqrt(vectors per shard).")
     graph: str = option("HNSW32", "Graph index factory (vectors stored in full).")
+    vector_dtypes: list = option(["float32"], "Exact-vector dtypes each compressed index is built with, side by "
+                                              "side (index.vector_dtype).", tuple(VECTOR_DTYPES))
     ivf_settings: str = option("16x1,16x30,16x40,32x50", "IVF search settings served, each nprobe x rerank_factor.")
     hnsw_settings: str = option("32,64,128", "HNSW efSearch values served.")
     graph_max_count: int = option(100_000, "Largest N given a graph index (its build is the slowest).", ge=0)
@@ -63,16 +66,16 @@ def nlist_for(vectors: int) -> int:
     return 2 ** max(4, round(math.log2(2 * math.sqrt(vectors))))
 
 
-def plan(spec: ScaleBenchmarkSpec) -> list[tuple[int, str, int]]:
-    """(N, factory template, S) for every index to build, in build order."""
+def plan(spec: ScaleBenchmarkSpec) -> list[tuple[int, str, int, str]]:
+    """(N, factory template, S, exact-vector dtype) for every index to build, in build order."""
     configs = []
     for count in spec.counts:
-        configs += [(count, spec.compressed, s) for s in spec.shards]
+        configs += [(count, spec.compressed, s, dtype) for s in spec.shards for dtype in spec.vector_dtypes]
         if count <= spec.graph_max_count:
             shards = spec.shards if count <= spec.full_grid_max_count else [min(spec.shards)]
-            configs += [(count, spec.graph, s) for s in shards]
+            configs += [(count, spec.graph, s, "float32") for s in shards]
         if count <= spec.flat_max_count:
-            configs.append((count, "Flat", 1))
+            configs.append((count, "Flat", 1, "float32"))
     return configs
 
 
@@ -97,21 +100,22 @@ def questions_and_truth(base: Path, count: int, dimension: int, queries: int, se
 
 
 def build_config(base: Path, directory: Path, count: int, dimension: int, factory: str, shards: int,
-                 train_sample: int) -> dict:
-    """Index `directory` over the base's files (hard links) with S FAISS shards; returns build seconds and bytes."""
+                 train_sample: int, vector_dtype: str = "float32") -> dict:
+    """Index `directory` over the base's files (hard links) with S FAISS shards and its exact vectors stored as
+    `vector_dtype`; returns build seconds and bytes."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in (VECTORS, PASSAGES):
         if not (directory / name).exists():
             os.link(base / name, directory / name)
     manifest = IndexManifest(encoder="synthetic", pooling="none", max_length=0, dimension=dimension,
                              metric="inner_product", count=count, factory=factory,
-                             shard_offsets=even_shard_offsets(count, shards))
+                             shard_offsets=even_shard_offsets(count, shards), vector_dtype=vector_dtype)
     started = time.perf_counter()
     build_shards(directory, manifest, train_sample, recall_queries=0)
     build_s = time.perf_counter() - started
-    return {"build_s": round(build_s, 1),
+    return {"build_s": round(build_s, 1), "vector_dtype": vector_dtype,
             "faiss_bytes_per_shard": [(directory / shard_file(s)).stat().st_size for s in range(shards)],
-            "vectors_bytes": (directory / VECTORS).stat().st_size,
+            "vectors_bytes": (directory / manifest.vectors_file).stat().st_size,
             "passages_bytes": (directory / PASSAGES).stat().st_size}
 
 

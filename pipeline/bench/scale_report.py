@@ -9,11 +9,17 @@ def kind(factory: str) -> str:
     return "exact (Flat)" if factory == "Flat" else ("graph (HNSW)" if factory.startswith("HNSW") else "IVF-PQ")
 
 
+def row_kind(row: dict) -> str:
+    """The index kind of a measured row, with its exact vectors' dtype where they are not float32."""
+    dtype = row.get("vector_dtype", "float32")
+    return kind(row["factory"]) + ("" if dtype == "float32" else f", {dtype} vectors")
+
+
 def best_rows(rows: list[dict]) -> list[dict]:
-    """Per (N, factory, S): the fastest setting reaching the best recall measured there within 0.01."""
+    """Per (N, factory, S, vector dtype): the fastest setting reaching the best recall there within 0.01."""
     best = {}
     for row in rows:
-        key = (row["count"], row["factory"], row["shards"])
+        key = (row["count"], row["factory"], row["shards"], row.get("vector_dtype", "float32"))
         best.setdefault(key, []).append(row)
     picked = []
     for candidates in best.values():
@@ -27,7 +33,7 @@ def compressed_target(rows: list[dict], count: int = 1_000_000, recall: float = 
     `recall`@10 vs exact, and whether it answers within `ms` per call (p50). `met` is None when `count` was
     not measured, False when no setting reached `recall`."""
     target = f"{count:,} passages, recall@10 >= {recall} at <= {ms} ms per call (p50), 1 shard"
-    reaching = [r for r in rows if r["count"] == count and r["shards"] == 1 and kind(r["factory"]) == "IVF-PQ"
+    reaching = [r for r in rows if r["count"] == count and r["shards"] == 1 and row_kind(r) == "IVF-PQ"
                 and r["recall_at_10"] >= recall]
     if not reaching:
         measured = any(r["count"] == count for r in rows)
@@ -47,9 +53,9 @@ def plot_scale(report: dict, path: Path) -> None:
 
     rows = report["rows"]
     fig, (ms_ax, recall_ax, memory_ax) = plt.subplots(1, 3, figsize=(15, 4.5))
-    lines = sorted({(kind(r["factory"]), r["shards"]) for r in rows})
+    lines = sorted({(row_kind(r), r["shards"]) for r in rows})
     for name, shards in lines:
-        picked = sorted((r for r in best_rows(rows) if kind(r["factory"]) == name and r["shards"] == shards),
+        picked = sorted((r for r in best_rows(rows) if row_kind(r) == name and r["shards"] == shards),
                         key=lambda r: r["count"])
         label = f"{name}, S={shards}"
         ms_ax.plot([r["count"] for r in picked], [r["p50_ms"] for r in picked], marker="o", label=label)
@@ -58,7 +64,8 @@ def plot_scale(report: dict, path: Path) -> None:
         recall_ax.scatter(r["p50_ms"], r["recall_at_10"], s=18,
                           marker={"exact (Flat)": "s", "graph (HNSW)": "^"}.get(kind(r["factory"]), "o"))
         setting = ",".join(f"{k[0]}{r[k]}" for k in ("nprobe", "rerank_factor", "ef_search") if k in r)
-        recall_ax.annotate(f"{r['count'] // 1000}k S{r['shards']} {setting}", (r["p50_ms"], r["recall_at_10"]),
+        half = "" if r.get("vector_dtype", "float32") == "float32" else " f16"
+        recall_ax.annotate(f"{r['count'] // 1000}k S{r['shards']} {setting}{half}", (r["p50_ms"], r["recall_at_10"]),
                            fontsize=5)
     ms_ax.set(xscale="log", yscale="log", xlabel="passages N", ylabel="ms per call, batch 8 (p50)",
               title="best-recall setting per index")

@@ -149,13 +149,14 @@ def test_exact_paths_compare_every_path_at_every_batch(tmp_path):
 def test_scale_plan_builds_the_grid_where_it_fits():
     from pipeline.bench.scale import ScaleBenchmarkSpec, nlist_for, plan, settings_for
 
-    spec = ScaleBenchmarkSpec(counts=[100_000, 1_000_000, 2_000_000], shards=[1, 2, 4], graph_max_count=1_000_000)
+    spec = ScaleBenchmarkSpec(counts=[100_000, 1_000_000, 2_000_000], shards=[1, 2, 4], graph_max_count=1_000_000,
+                              vector_dtypes=["float32", "float16"])
     configs = plan(spec)
-    assert [(n, s) for n, f, s in configs if f == spec.compressed] == [
-        (n, s) for n in (100_000, 1_000_000, 2_000_000) for s in (1, 2, 4)]
-    assert [(n, s) for n, f, s in configs if f == spec.graph] == [(100_000, 1), (100_000, 2), (100_000, 4),
-                                                                  (1_000_000, 1)]
-    assert [(n, s) for n, f, s in configs if f == "Flat"] == [(100_000, 1), (1_000_000, 1)]
+    assert [(n, s, d) for n, f, s, d in configs if f == spec.compressed] == [
+        (n, s, d) for n in (100_000, 1_000_000, 2_000_000) for s in (1, 2, 4) for d in ("float32", "float16")]
+    assert [(n, s, d) for n, f, s, d in configs if f == spec.graph] == [
+        (100_000, 1, "float32"), (100_000, 2, "float32"), (100_000, 4, "float32"), (1_000_000, 1, "float32")]
+    assert [(n, s) for n, f, s, _ in configs if f == "Flat"] == [(100_000, 1), (1_000_000, 1)]
     assert nlist_for(1_000_000) == 2048 and nlist_for(250_000) == 1024 and nlist_for(100) == 16
     assert settings_for("IVF1024,PQ64x4fs", ScaleBenchmarkSpec(ivf_settings="16x1,64x10")) == [
         {"nprobe": 16, "rerank_factor": 1}, {"nprobe": 64, "rerank_factor": 10}]
