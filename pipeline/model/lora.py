@@ -12,8 +12,12 @@ import copy
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 
+import torch
 from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import AutoModelForCausalLM, AutoModelForSeq2SeqLM
+from transformers.pytorch_utils import Conv1D
 
+from pipeline.errors import ConfigError
 from pipeline.model.generators import kind_of
 from pipeline.model.parts import RagParts
 
@@ -45,6 +49,24 @@ def lora_settings(model_cfg, base_generator: str) -> LoraSettings | None:
         return None
     return LoraSettings(base_generator, model_cfg.lora_r, model_cfg.lora_alpha, model_cfg.lora_dropout,
                         model_cfg.lora_target_modules)
+
+
+def check_lora_targets(generator_config, target_modules: str, generator: str) -> None:
+    """ConfigError naming `model.lora_target_modules` when a named module is not in the generator (checked on
+    the driver, over the model built from its config on the meta device: no weights are loaded)."""
+    if target_modules == "all-linear":
+        return
+    wanted = [name.strip() for name in target_modules.split(",") if name.strip()]
+    head = AutoModelForSeq2SeqLM if getattr(generator_config, "is_encoder_decoder", False) else AutoModelForCausalLM
+    with torch.device("meta"):
+        model = head.from_config(generator_config)
+    names = [name for name, _ in model.named_modules()]
+    missing = [w for w in wanted if not any(name == w or name.endswith("." + w) for name in names)]
+    if missing:  # peft matches a name against the end of each module's dotted path, as here
+        linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                         if isinstance(module, (torch.nn.Linear, Conv1D))})  # GPT-2's projections are Conv1D
+        raise ConfigError(f"model.lora_target_modules: {', '.join(missing)} not in generator {generator!r}; its "
+                          f"linear layers are {', '.join(linear)} (or use all-linear)")
 
 
 def add_lora(parts: RagParts, settings: LoraSettings) -> RagParts:

@@ -13,6 +13,7 @@ from pipeline.index.settings import IndexSettings
 from pipeline.model.causal_inputs import resolve_prompt_template
 from pipeline.model.encoders import resolve_encoder
 from pipeline.model.generators import kind_of_config
+from pipeline.model.lora import check_lora_targets
 from pipeline.options import check_section
 from pipeline.retrieval.modes import MODES, retrieval_mode
 
@@ -86,6 +87,8 @@ def check_model_fits_index(cfg: RunConfig, index: IndexSettings) -> None:
                 from None
         if role == "model.generator" and kind_of_config(config).name == "causal":
             resolve_prompt_template(tokenizer, cfg.model.prompt_template)  # a template the tokenizer can fill
+        if role == "model.generator" and cfg.model.lora_r:
+            check_lora_targets(config, cfg.model.lora_target_modules, source)
         if role != "model.generator":
             width = getattr(config, "projection_dim", 0) or getattr(config, "hidden_size", None)
             if width != index.dimension:
