@@ -50,20 +50,25 @@ def measure_count(spec: ScaleBenchmarkSpec, count: int, work: Path, log) -> list
                                                                      spec.seed))
     log(f"[scale] N={count:,}: vectors and exact answers in {time.perf_counter() - started:.0f}s")
     rows = []
-    for _, template, shards, dtype in [c for c in plan(spec) if c[0] == count]:
+    for template, shards in dict.fromkeys((t, s) for n, t, s, _ in plan(spec) if n == count):
         factory = template.format(nlist=nlist_for(count // shards))
-        directory = work / f"n{count}-{factory.replace(',', '_')}-s{shards}-{dtype}"
-        built = ray.get(_in_task(build_config).remote(base, directory, count, spec.dimension, factory, shards,
-                                                      spec.train_sample, dtype))
+        dtypes = [d for n, t, s, d in plan(spec) if (n, t, s) == (count, template, shards)]
+        directories = {d: work / f"n{count}-{factory.replace(',', '_')}-s{shards}-{d}" for d in dtypes}
+        built = {d: ray.get(_in_task(build_config).remote(base, directory, count, spec.dimension, factory, shards,
+                                                          spec.train_sample, d))
+                 for d, directory in directories.items()}
         for settings in settings_for(factory, spec):
-            row = {"count": count, "factory": factory, "shards": shards, **built,
-                   **serve_and_measure(str(directory), shards, settings, questions, truth, spec.batch),
-                   "load_1m": load_average()}
-            rows.append(row)
-            log(f"[scale] N={count:,} {factory} S={shards} {dtype} {settings or 'exact'}: build {built['build_s']:.0f}s, "
-                f"p50 {row['p50_ms']:.1f} ms/call, recall@10 {row['recall_at_10']:.3f}, "
-                f"PSS/actor {row['pss_mb_per_actor']:.0f} MB (load {row['load_1m']:.1f})")
-        shutil.rmtree(directory)  # keep the disk to one N's indexes at a time
+            measured = serve_and_measure({d: str(p) for d, p in directories.items()}, shards, settings, questions,
+                                         truth, spec.batch)
+            for dtype, row in measured.items():
+                rows.append({"count": count, "factory": factory, "shards": shards, **built[dtype], **row,
+                             "load_1m": load_average()})
+                log(f"[scale] N={count:,} {factory} S={shards} {dtype} {settings or 'exact'}: build "
+                    f"{built[dtype]['build_s']:.0f}s, p50 {row['p50_ms']:.1f} ms/call, recall@10 "
+                    f"{row['recall_at_10']:.3f}, PSS/actor {row['pss_mb_per_actor']:.0f} MB "
+                    f"(load {rows[-1]['load_1m']:.1f})")
+        for directory in directories.values():
+            shutil.rmtree(directory)  # keep the disk to one N's indexes at a time
     shutil.rmtree(base)
     return rows
 

@@ -4,11 +4,13 @@ For every passage count N: one vectors file of synthetic vectors (`synthetic.py`
 from the same distribution with their exact top-10; then, for each planned (factory, S shards), an index
 directory sharing that vectors file (hard links) with its own FAISS shards, built by the real build step.
 Each search setting is served by a Ray group of S shards x 1 replica and measured: ms per call (batch 8),
-recall@10 against exact search, and the memory of each actor.
+recall@10 against exact search, and the memory of each actor. Versions of one index that differ only in how
+they store their exact vectors (float32, float16) are served at once and asked in turns.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -119,28 +121,41 @@ def build_config(base: Path, directory: Path, count: int, dimension: int, factor
             "passages_bytes": (directory / PASSAGES).stat().st_size}
 
 
-def serve_and_measure(index_dir: str, shards: int, settings: dict, questions: np.ndarray, truth: np.ndarray,
-                      batch: int) -> dict:
-    """Start S shards x 1 replica with `settings`, ask every question in calls of `batch`; ms per call,
-    recall@10 vs exact, and each actor's memory after the calls."""
-    cfg = RetrievalConfig(group=GROUP, namespace=NAMESPACE, actor_num_cpus=0.01, call_timeout_s=600, **settings)
-    members = start_retrieval_group(index_dir, cfg)
+def serve_and_measure(index_dirs: dict[str, str], shards: int, settings: dict, questions: np.ndarray,
+                      truth: np.ndarray, batch: int) -> dict[str, dict]:
+    """Serve each of `index_dirs` (label -> directory; e.g. the same index with float32 and float16 vectors) by
+    its own group of S shards x 1 replica with `settings`, all at once, and ask every question in calls of
+    `batch`, the indexes taking turns call by call, so that load from elsewhere hits them alike. Per label:
+    ms per call, recall@10 vs exact, and each actor's memory after the calls."""
+    cfg = RetrievalConfig(namespace=NAMESPACE, actor_num_cpus=0.01, call_timeout_s=600, **settings)
+    groups = {label: f"{GROUP}-{label}" for label in index_dirs}
+    members = {}
     try:
-        client = RetrievalClient(GROUP, NAMESPACE, timeout_s=600)
-        client.retrieve(questions[:batch], 10)  # warm-up
-        seconds, found = [], []
+        for label, directory in index_dirs.items():
+            members[label] = start_retrieval_group(directory, dataclasses.replace(cfg, group=groups[label]))
+        clients = {label: RetrievalClient(group, NAMESPACE, timeout_s=600) for label, group in groups.items()}
+        for client in clients.values():
+            client.retrieve(questions[:batch], 10)  # warm-up
+        seconds = {label: [] for label in index_dirs}
+        found = {label: [] for label in index_dirs}
         for start in range(0, len(questions), batch):
-            began = time.perf_counter()
-            found.append(client.retrieve(questions[start:start + batch], 10).ids)
-            seconds.append(time.perf_counter() - began)
-        memory = ray.get([_memory_of.remote(m["pid"]) for m in members])
+            for label, client in clients.items():
+                began = time.perf_counter()
+                found[label].append(client.retrieve(questions[start:start + batch], 10).ids)
+                seconds[label].append(time.perf_counter() - began)
+        memory = {label: ray.get([_memory_of.remote(m["pid"]) for m in rows]) for label, rows in members.items()}
     finally:
-        stop_retrieval_group(GROUP, NAMESPACE)
-    ids = np.concatenate(found)
-    recall = float(np.mean([len(set(a) & set(b)) for a, b in zip(ids, truth)])) / truth.shape[1]
-    return {**settings, "recall_at_10": round(recall, 4), **percentiles(seconds),
-            "rss_mb_per_actor": round(max(m["rss_mb"] for m in memory), 1),
-            "pss_mb_per_actor": round(max(m["pss_mb"] for m in memory), 1)}
+        for group in groups.values():
+            stop_retrieval_group(group, NAMESPACE)
+    return {label: {**settings, "recall_at_10": _recall(np.concatenate(found[label]), truth),
+                    **percentiles(seconds[label]),
+                    "rss_mb_per_actor": round(max(m["rss_mb"] for m in memory[label]), 1),
+                    "pss_mb_per_actor": round(max(m["pss_mb"] for m in memory[label]), 1)}
+            for label in index_dirs}
+
+
+def _recall(ids: np.ndarray, truth: np.ndarray) -> float:
+    return round(float(np.mean([len(set(a) & set(b)) for a, b in zip(ids, truth)])) / truth.shape[1], 4)
 
 
 @ray.remote(num_cpus=0)

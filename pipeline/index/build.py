@@ -327,5 +327,18 @@ def _store_vectors(directory: Path, manifest: IndexManifest, vectors: np.ndarray
     path = directory / manifest.vectors_file
     with storage_errors(path), open(path, "wb") as out:
         for start in range(0, len(vectors), _ADD_CHUNK):
-            out.write(np.ascontiguousarray(vectors[start:start + _ADD_CHUNK], dtype=numpy_type).tobytes())
+            with np.errstate(over="ignore"):  # an overflow is refused next, naming the passage
+                stored = np.ascontiguousarray(vectors[start:start + _ADD_CHUNK], dtype=numpy_type)
+            _check_representable(stored, start, manifest.vector_dtype)
+            out.write(stored.tobytes())
     return open_vectors(directory, manifest)
+
+
+def _check_representable(stored: np.ndarray, first_row: int, dtype: str) -> None:
+    """ConfigError naming the first passage whose vector overflowed `dtype` (a float16 holds |x| <= 65504), which
+    would be stored as infinity and score every question as +-inf."""
+    finite = np.isfinite(stored).all(axis=1)
+    if not finite.all():
+        row = int(np.flatnonzero(~finite)[0])
+        raise ConfigError(f"index.vector_dtype {dtype}: the vector of passage {first_row + row} has values beyond "
+                          f"{dtype}'s range (largest {float(np.finfo(stored.dtype).max):g}); keep float32")

@@ -13,6 +13,7 @@ import faiss
 import numpy as np
 
 from pipeline.index.exact_scan import exact_search
+from pipeline.index.float16_scores import float16_inner_products
 
 # Exact searches of up to EXACT_SCAN_UP_TO_BATCH questions take the one-pass kernel (exact_scan.py). Larger
 # ones, and FAISS's own exact searches (faiss.knn in the build's recall measurement), go through FAISS, which
@@ -119,11 +120,9 @@ def search_shard(index: faiss.Index, vectors: np.ndarray, start: int, queries: n
 def _exact_scores(queries: np.ndarray, vectors: np.ndarray, local: np.ndarray) -> np.ndarray:
     """float32[B, m] inner products of each question with its m candidate rows of `vectors` (-inf where the
     candidate is -1), read in place: copying the B x m candidate rows out first costs more than scoring them.
-    float16 rows have to be copied out (as float32) anyway: they are gathered, then scored."""
-    if vectors.dtype != np.float32:
-        rows = _gather(vectors, np.maximum(local, 0))
-        scores = np.einsum("bd,bmd->bm", np.asarray(queries, np.float32), rows)
-        return np.where(local >= 0, scores, -np.inf).astype(np.float32)
+    float16 rows are widened in registers (float16_scores.py)."""
+    if vectors.dtype == np.float16:
+        return float16_inner_products(queries, vectors, local)
     queries, vectors = np.ascontiguousarray(queries, np.float32), np.ascontiguousarray(vectors, np.float32)
     local = np.ascontiguousarray(local, dtype=np.int64)
     scores = np.empty(local.shape, dtype=np.float32)

@@ -9,6 +9,7 @@ import numpy as np
 
 from pipeline.errors import IndexFormatError, RetrievalError
 from pipeline.index.exact_scan import compile_exact_scan
+from pipeline.index.float16_scores import compile_float16_scores
 from pipeline.index.manifest import (
     PASSAGES,
     VECTOR_FILES,
@@ -57,6 +58,8 @@ class ShardSearcher:
         self.titles, self.texts = RowLookup(passages.column("title")), RowLookup(passages.column("text"))
         self.fallback_rows = 0
         compile_exact_scan()  # numba's compile (or disk-cache load, ~1 s) here at load, not in the first search
+        if self.vectors.dtype == np.float16:
+            compile_float16_scores()
 
     def check_queries(self, queries) -> np.ndarray:
         """`queries` as C-contiguous float32[B, d]; RetrievalError naming the shapes when they do not fit."""

@@ -191,3 +191,24 @@ def test_scale_target_takes_the_fastest_setting_that_reaches_the_recall():
     rows[1]["p50_ms"] = 9.0
     assert compressed_target(rows)["met"] is True
     assert compressed_target([row(100_000, "IVF512,PQ64x4fs", 8, 0.99, 2.0)])["met"] is None  # 1M not measured
+
+
+def test_scale_serves_the_float32_and_float16_versions_at_once_and_stops_both_groups(ray_cluster, tmp_path):
+    import numpy as np
+
+    from pipeline.bench.scale import GROUP, NAMESPACE, serve_and_measure
+    from pipeline.bench.synthetic import synthetic_vectors, write_synthetic_index
+    from pipeline.retrieval.group_record import list_members
+
+    directories = {}
+    for dtype in ("float32", "float16"):
+        write_synthetic_index(tmp_path / dtype, 3000, 16, "IVF16,PQ4x4", vector_dtype=dtype)
+        directories[dtype] = str(tmp_path / dtype)
+    vectors = np.memmap(tmp_path / "float32" / "vectors.f32", dtype=np.float32, mode="r", shape=(3000, 16))
+    questions = np.concatenate(list(synthetic_vectors(16, 16, 0, draw=1)))
+    truth = np.argsort(-(questions @ vectors.T), axis=1)[:, :10]
+    rows = serve_and_measure(directories, 1, {"nprobe": 16, "rerank_factor": 20}, questions, truth, batch=4)
+    assert set(rows) == {"float32", "float16"}
+    for row in rows.values():
+        assert row["calls"] == 4 and row["recall_at_10"] >= 0.9 and row["pss_mb_per_actor"] > 0
+    assert not list_members(f"{GROUP}-float32", NAMESPACE) and not list_members(f"{GROUP}-float16", NAMESPACE)

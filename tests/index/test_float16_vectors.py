@@ -8,12 +8,20 @@ import json
 import numpy as np
 import pytest
 
-from pipeline.bench.synthetic import write_synthetic_index
+from pipeline.bench.synthetic import write_synthetic_corpus, write_synthetic_index
 from pipeline.config import IndexConfig, KnowledgeBaseConfig
 from pipeline.errors import ConfigError, IndexFormatError
-from pipeline.index.build import build_index
+from pipeline.index.build import build_index, build_shards
 from pipeline.index.exact_scan import exact_search
-from pipeline.index.manifest import MANIFEST, VECTORS, open_vectors, read_manifest
+from pipeline.index.float16_scores import float16_inner_products
+from pipeline.index.manifest import (
+    MANIFEST,
+    VECTORS,
+    IndexManifest,
+    even_shard_offsets,
+    open_vectors,
+    read_manifest,
+)
 from pipeline.index.search import SearchParams
 from pipeline.retrieval.shard import ShardSearcher
 
@@ -112,3 +120,30 @@ def test_manifest_whose_vectors_do_not_match_its_dtype_is_refused(indexes, tmp_p
     with pytest.raises(IndexFormatError, match=rf"vectors.f16: {COUNT * DIMENSION * 2 - 2} bytes, manifest says "
                                                rf"{COUNT} x {DIMENSION} float16 = {COUNT * DIMENSION * 2} bytes"):
         read_manifest(copy)
+
+
+def test_float16_candidate_scores_equal_float64_scores_of_the_stored_values():
+    rng = np.random.default_rng(4)
+    stored = (rng.standard_normal((500, 96)) * 0.05).astype(np.float16)
+    stored[0, :6] = [6e-8, -3e-6, 0.0, -0.0, 65504.0, -1.5e-5]  # subnormal halves, signed zeros, the largest half
+    queries = rng.standard_normal((3, 96)).astype(np.float32)
+    rows = rng.integers(0, 500, size=(3, 40))
+    rows[0, 0], rows[2, 7] = 0, -1
+    scores = float16_inner_products(queries, stored, rows)
+    want = np.einsum("bd,bmd->bm", queries.astype(np.float64), stored[np.maximum(rows, 0)].astype(np.float64))
+    assert scores.dtype == np.float32 and scores[2, 7] == -np.inf
+    keep = rows >= 0
+    np.testing.assert_allclose(scores[keep], want[keep], rtol=1e-5, atol=1e-5)
+
+
+def test_a_vector_beyond_float16s_range_is_refused_naming_its_passage(tmp_path):
+    write_synthetic_corpus(tmp_path, 2000, 16, seed=0)
+    vectors = np.memmap(tmp_path / VECTORS, dtype=np.float32, mode="r+", shape=(2000, 16))
+    vectors[1234, 5] = 1e6
+    vectors.flush()
+    manifest = IndexManifest(encoder="synthetic", pooling="none", max_length=0, dimension=16,
+                             metric="inner_product", count=2000, factory="IVF8,PQ4x4",
+                             shard_offsets=even_shard_offsets(2000, 1), vector_dtype="float16")
+    with pytest.raises(ConfigError, match=r"index.vector_dtype float16: the vector of passage 1234 has values "
+                                          r"beyond float16's range \(largest 65504\); keep float32"):
+        build_shards(tmp_path, manifest, train_sample=2000, recall_queries=0)
